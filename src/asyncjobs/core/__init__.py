@@ -1,0 +1,1 @@
+"""Pure scheduling: events in, commands out. No IO, no clock, no event loop."""

@@ -1,0 +1,77 @@
+"""Events: facts the engine feeds to the scheduler. Each carries ``now`` (seconds, from
+the engine's monotonic clock) because the core never reads a clock itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..model import ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class JobSubmitted:
+    job_id: str
+    #: names of the limits an attempt holds while it runs (its kind's pool first)
+    limits: tuple[str, ...]
+    #: extra attempts after a failure
+    retries: int = 0
+    #: first retry delay; doubled for each later retry, with jitter
+    backoff_s: float = 1.0
+    #: ids of jobs that must succeed before this one runs
+    needs: tuple[str, ...] = ()
+    #: keep this job's final status after it ends, so later jobs may name it in ``needs``
+    remember: bool = False
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSucceeded:
+    job_id: str
+    attempt: int
+    #: passed through untouched to ``JobFinished``; the core never looks inside
+    result: Any = None
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailed:
+    job_id: str
+    attempt: int
+    error: ErrorInfo
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptCancelled:
+    """An attempt stopped after ``CancelAttempt``; its limits are free again."""
+
+    job_id: str
+    attempt: int
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    job_id: str
+    reason: str = "cancelled"
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time has passed: retry delays and rate limits may have come due."""
+
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+Event = (
+    JobSubmitted | AttemptSucceeded | AttemptFailed | AttemptCancelled | CancelRequested | Tick
+)

@@ -1,0 +1,356 @@
+"""The scheduler: which job runs when, as a pure state machine.
+
+How this works: the engine feeds events (``JobSubmitted``, ``AttemptSucceeded``, ``Tick``...)
+to ``SchedulerState.handle`` and executes the commands it returns (``StartAttempt``,
+``CancelAttempt``, ``JobFinished``). The same object can serve one embedded event loop or a
+cluster coordinator, because it never touches IO, a clock or a task.
+
+Rules the code keeps:
+
+1. A job's status changes only through ``_set_status``, and only along ``TRANSITIONS``;
+   any other change raises ``InvalidTransition``.
+2. A running attempt holds one unit of every limit it names, from ``StartAttempt`` until
+   the engine reports that attempt's end (succeeded, failed or cancelled), even when the
+   job itself was cancelled earlier. So limits count what really runs.
+3. Reports about an attempt that is no longer current are stale: they free the attempt's
+   limits and change nothing else.
+4. Jobs that need the same limits start in submission order (one FIFO queue per set of
+   limit names), so a full limit never starves the jobs behind it in other queues.
+5. Every terminal status is announced once, by one ``JobFinished``.
+6. A job whose need did not succeed is skipped, and so, in turn, are the jobs needing it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidTransition
+from ..model import ErrorInfo, JobStatus
+from .commands import CancelAttempt, Command, JobFinished, StartAttempt
+from .events import (
+    AttemptCancelled,
+    AttemptFailed,
+    AttemptSucceeded,
+    CancelRequested,
+    Event,
+    JobSubmitted,
+    Tick,
+)
+from .policy import Limit, backoff_delay
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+S = JobStatus
+
+#: allowed (from, to) status changes; None is "not yet known to the scheduler"
+TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
+    {
+        (None, S.PENDING),
+        (None, S.QUEUED),
+        (None, S.SKIPPED),
+        (S.PENDING, S.QUEUED),
+        (S.PENDING, S.SKIPPED),
+        (S.PENDING, S.CANCELLED),
+        (S.QUEUED, S.RUNNING),
+        (S.QUEUED, S.CANCELLED),
+        (S.RUNNING, S.SUCCEEDED),
+        (S.RUNNING, S.FAILED),
+        (S.RUNNING, S.RETRYING),
+        (S.RUNNING, S.QUEUED),
+        (S.RUNNING, S.CANCELLED),
+        (S.RETRYING, S.QUEUED),
+        (S.RETRYING, S.CANCELLED),
+    }
+)
+
+STIMULUS_LOG_SIZE = 1000
+
+
+class _Job:
+    __slots__ = (
+        "id", "limits", "retries", "backoff_s", "status", "attempt", "waiting_on",
+        "dependents", "remember", "retry_at",
+    )
+
+    def __init__(self, ev: JobSubmitted) -> None:
+        self.id = ev.job_id
+        self.limits = ev.limits
+        self.retries = ev.retries
+        self.backoff_s = ev.backoff_s
+        self.remember = ev.remember
+        self.status: JobStatus | None = None
+        self.attempt = 0
+        self.waiting_on = 0
+        self.dependents: list[_Job] = []
+        self.retry_at = 0.0
+
+
+class SchedulerState:
+    """Jobs, their statuses, and the limits they share.
+
+    :param limits: named limits; every name a job lists must be here
+    :param rng: random source for retry jitter (inject a seeded one in tests)
+    """
+
+    def __init__(
+        self, limits: Mapping[str, Limit], *, rng: random.Random | None = None
+    ) -> None:
+        self.limits: dict[str, Limit] = dict(limits)
+        self.rng = rng or random.Random()
+        self._jobs: dict[str, _Job] = {}
+        self._done: dict[str, JobStatus] = {}
+        self._ready: dict[tuple[str, ...], deque[_Job]] = {}
+        self._retry_heap: list[tuple[float, int, _Job]] = []
+        self._retry_seq = 0
+        #: running attempts -> the limits they hold (rule 2)
+        self._held: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._now = 0.0
+        self.log: deque[tuple[float, str, str]] = deque(maxlen=STIMULUS_LOG_SIZE)
+        self.counts: dict[JobStatus, int] = dict.fromkeys(JobStatus, 0)
+
+    # -- public -----------------------------------------------------------------------
+
+    def handle(self, *events: Event) -> list[Command]:
+        """Apply events in order; return the commands they lead to.
+
+        :raises InvalidTransition: on a status change the table forbids (a bug)
+        :raises ValueError: for a job submitted twice, or a need or limit that is unknown
+        """
+        out: list[Command] = []
+        for ev in events:
+            if ev.now > self._now:
+                self._now = ev.now
+            if ev.stimulus_id:
+                self.log.append((ev.now, type(ev).__name__, ev.stimulus_id))
+            if type(ev) is AttemptSucceeded:
+                self._on_succeeded(ev, out)
+            elif type(ev) is JobSubmitted:
+                self._on_submitted(ev, out)
+            elif type(ev) is AttemptFailed:
+                self._on_failed(ev, out)
+            elif type(ev) is AttemptCancelled:
+                self._release(ev.job_id, ev.attempt)
+            elif type(ev) is CancelRequested:
+                self._on_cancel(ev, out)
+            elif type(ev) is Tick:
+                self._on_tick()
+            else:
+                raise TypeError(f"not a scheduler event: {ev!r}")
+        self._dispatch(out)
+        return out
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's status, or None if the scheduler does not know it (or forgot it)."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.status
+        return self._done.get(job_id)
+
+    def next_wake(self) -> float | None:
+        """The earliest time a ``Tick`` could change something, or None."""
+        wake: float | None = self._retry_heap[0][0] if self._retry_heap else None
+        for key, queue in self._ready.items():
+            if not queue:
+                continue
+            for name in key:
+                at = self.limits[name].next_token_at(self._now)
+                if at is not None and (wake is None or at < wake):
+                    wake = at
+        return wake
+
+    @property
+    def active(self) -> int:
+        """Jobs not yet in a terminal status."""
+        return len(self._jobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-data snapshot for status displays and post-mortems."""
+        return {
+            "now": self._now,
+            "counts": {s.value: n for s, n in self.counts.items()},
+            "active": len(self._jobs),
+            "queued": {"+".join(k): len(q) for k, q in self._ready.items() if q},
+            "retry_waiting": len(self._retry_heap),
+            "limits": {
+                name: {
+                    "concurrency": lim.concurrency,
+                    "rate_per_s": lim.rate_per_s,
+                    "in_use": lim.in_use,
+                }
+                for name, lim in self.limits.items()
+            },
+            "log": [list(entry) for entry in self.log],
+        }
+
+    # -- transitions ------------------------------------------------------------------
+
+    def _set_status(self, job: _Job, to: JobStatus) -> None:
+        if (job.status, to) not in TRANSITIONS:
+            raise InvalidTransition(
+                f"job {job.id}: {job.status and job.status.value} -> {to.value} is not allowed"
+            )
+        if job.status is not None:
+            self.counts[job.status] -= 1
+        self.counts[to] += 1
+        job.status = to
+
+    def _on_submitted(self, ev: JobSubmitted, out: list[Command]) -> None:
+        if ev.job_id in self._jobs or ev.job_id in self._done:
+            raise ValueError(f"job {ev.job_id!r} was submitted twice")
+        for name in ev.limits:
+            if name not in self.limits:
+                raise ValueError(f"job {ev.job_id!r} names unknown limit {name!r}")
+        job = _Job(ev)
+        failed_need: str | None = None
+        live_needs: list[_Job] = []
+        for need in ev.needs:
+            dep = self._jobs.get(need)
+            if dep is not None:
+                live_needs.append(dep)
+                continue
+            done = self._done.get(need)
+            if done is None:
+                raise ValueError(f"job {ev.job_id!r} needs unknown job {need!r}")
+            if done is not S.SUCCEEDED:
+                failed_need = need
+                break
+        if failed_need is not None:
+            self._set_status(job, S.SKIPPED)
+            self._finish_skipped(job, failed_need, out)
+            return
+        self._jobs[job.id] = job
+        if live_needs:
+            job.waiting_on = len(live_needs)
+            for dep in live_needs:
+                dep.dependents.append(job)
+            self._set_status(job, S.PENDING)
+        else:
+            self._enqueue(job)
+
+    def _enqueue(self, job: _Job) -> None:
+        self._set_status(job, S.QUEUED)
+        queue = self._ready.get(job.limits)
+        if queue is None:
+            queue = self._ready[job.limits] = deque()
+        queue.append(job)
+
+    def _on_succeeded(self, ev: AttemptSucceeded, out: list[Command]) -> None:
+        job = self._current(ev.job_id, ev.attempt)
+        if job is None:
+            return
+        self._set_status(job, S.SUCCEEDED)
+        self._finish(job, out, result=ev.result)
+        for dep in job.dependents:
+            if dep.status is S.PENDING:
+                dep.waiting_on -= 1
+                if dep.waiting_on == 0:
+                    self._enqueue(dep)
+
+    def _on_failed(self, ev: AttemptFailed, out: list[Command]) -> None:
+        job = self._current(ev.job_id, ev.attempt)
+        if job is None:
+            return
+        if ev.error.retryable and job.attempt <= job.retries:
+            delay = backoff_delay(job.attempt, job.backoff_s, self.rng)
+            if delay <= 0:
+                self._set_status(job, S.QUEUED)
+                self._ready.setdefault(job.limits, deque()).append(job)
+                return
+            self._set_status(job, S.RETRYING)
+            job.retry_at = self._now + delay
+            self._retry_seq += 1
+            heapq.heappush(self._retry_heap, (job.retry_at, self._retry_seq, job))
+            return
+        self._set_status(job, S.FAILED)
+        self._finish(job, out, error=ev.error)
+        self._skip_dependents(job, out)
+
+    def _on_cancel(self, ev: CancelRequested, out: list[Command]) -> None:
+        job = self._jobs.get(ev.job_id)
+        if job is None:
+            return
+        if job.status is S.RUNNING:
+            out.append(CancelAttempt(job.id, job.attempt, ev.stimulus_id))
+        self._set_status(job, S.CANCELLED)
+        self._finish(
+            job, out, error=ErrorInfo("JobCancelled", ev.reason, retryable=False)
+        )
+        self._skip_dependents(job, out)
+
+    def _on_tick(self) -> None:
+        heap = self._retry_heap
+        while heap and heap[0][0] <= self._now:
+            _, _, job = heapq.heappop(heap)
+            if job.status is S.RETRYING:
+                self._enqueue(job)
+
+    def _current(self, job_id: str, attempt: int) -> _Job | None:
+        """Free the attempt's limits; return its job if the attempt is still current."""
+        self._release(job_id, attempt)
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not S.RUNNING or job.attempt != attempt:
+            return None
+        return job
+
+    def _release(self, job_id: str, attempt: int) -> None:
+        held = self._held.pop((job_id, attempt), None)
+        if held is not None:
+            for name in held:
+                self.limits[name].release()
+
+    def _finish(
+        self, job: _Job, out: list[Command], *, result: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        assert job.status is not None
+        del self._jobs[job.id]
+        if job.remember:
+            self._done[job.id] = job.status
+        out.append(JobFinished(job.id, job.status, job.attempt, result, error))
+
+    def _finish_skipped(self, job: _Job, need: str, out: list[Command]) -> None:
+        if job.remember:
+            self._done[job.id] = S.SKIPPED
+        err = ErrorInfo("Skipped", f"needs {need}, which did not succeed", retryable=False)
+        out.append(JobFinished(job.id, S.SKIPPED, 0, None, err))
+
+    def _skip_dependents(self, job: _Job, out: list[Command]) -> None:
+        stack = [(job, dep) for dep in job.dependents]
+        while stack:
+            cause, dep = stack.pop()
+            if dep.status is not S.PENDING:
+                continue
+            self._set_status(dep, S.SKIPPED)
+            del self._jobs[dep.id]
+            self._finish_skipped(dep, cause.id, out)
+            stack.extend((dep, d) for d in dep.dependents)
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self, out: list[Command]) -> None:
+        now = self._now
+        limits = self.limits
+        for key, queue in self._ready.items():
+            while queue:
+                room: int | None = None
+                for name in key:
+                    r = limits[name].room(now)
+                    if r is not None and (room is None or r < room):
+                        room = r
+                if room is not None and room <= 0:
+                    break
+                n = len(queue) if room is None else min(room, len(queue))
+                for _ in range(n):
+                    job = queue.popleft()
+                    if job.status is not S.QUEUED:
+                        continue  # cancelled while queued
+                    for name in key:
+                        limits[name].take(now)
+                    self._set_status(job, S.RUNNING)
+                    job.attempt += 1
+                    self._held[(job.id, job.attempt)] = key
+                    out.append(StartAttempt(job.id, job.attempt))

@@ -1,0 +1,98 @@
+"""The exception hierarchy: one root, typed fields, messages that say what to try next."""
+
+from __future__ import annotations
+
+
+class AsyncJobsError(Exception):
+    """Root of every error asyncjobs raises on purpose."""
+
+
+class JobFailed(AsyncJobsError):
+    """A job ended without a result after all its attempts.
+
+    Carries the original exception as text, because the exception object itself may not
+    survive a trip through a worker process or the network.
+
+    :param job_id: the failed job's id
+    :param type_name: the original exception's type name, e.g. ``"ValueError"``
+    :param message: the original exception's message
+    :param traceback: the original traceback as text (may be empty)
+    :param attempts: how many attempts were made
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        type_name: str,
+        message: str,
+        traceback: str = "",
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(job_id, type_name, message)
+        self.job_id = job_id
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        tries = "1 attempt" if self.attempts == 1 else f"{self.attempts} attempts"
+        return f"job {self.job_id} failed after {tries}: {self.type_name}: {self.message}"
+
+
+class JobTimeout(JobFailed, TimeoutError):
+    """A job's last attempt ran past its ``timeout`` and was stopped."""
+
+
+class JobCancelled(AsyncJobsError):
+    """A job was cancelled (``Job.cancel()``, or its runner closed) before it finished.
+
+    :param job_id: the cancelled job's id
+    """
+
+    def __init__(self, job_id: str, reason: str = "cancelled") -> None:
+        super().__init__(job_id, reason)
+        self.job_id = job_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} was {self.reason}"
+
+
+class FlowError(AsyncJobsError, ValueError):
+    """A jobs.yaml file is invalid. Raised before anything runs.
+
+    :param message: what is wrong and what was expected
+    :param path: the file
+    :param line: 1-based line of the fault, or ``None`` when it has no single place
+    :param key: the dotted key at fault, e.g. ``"jobs.create.needs"``
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+        self.key = key
+
+    def __str__(self) -> str:
+        where = self.path or "<flow>"
+        if self.line is not None:
+            where += f":{self.line}"
+        at = f" ({self.key})" if self.key else ""
+        return f"{where}{at}: {self.message}"
+
+
+class InvalidTransition(AsyncJobsError, RuntimeError):
+    """Internal: the scheduler was asked for a status change its table forbids (a bug)."""
+
+
+class PoolClosed(AsyncJobsError, RuntimeError):
+    """Internal: work was handed to an executor that is shutting down."""
+
+
+class RunnerClosed(AsyncJobsError, RuntimeError):
+    """The Runner is not open: use it as ``async with Runner() as runner``."""
