@@ -58,7 +58,7 @@ class Limit:
             room = self.concurrency - self.in_use
         if self.rate_per_s is not None:
             self._refill(now)
-            tokens = int(self._tokens)
+            tokens = int(self._tokens + 1e-9)  # float error must not stall a due token
             room = tokens if room is None else min(room, tokens)
         return room
 
@@ -76,7 +76,7 @@ class Limit:
         if self.rate_per_s is None:
             return None
         self._refill(now)
-        if self._tokens >= 1:
+        if self._tokens + 1e-9 >= 1:
             return None
         return now + (1 - self._tokens) / self.rate_per_s
 

@@ -1,0 +1,420 @@
+"""The public await API: ``Runner``, ``Job``, ``job`` and ``run``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from .engine import Engine, Entry
+from .errors import AsyncJobsError, JobCancelled, JobFailed, JobTimeout, RunnerClosed
+from .executors.base import Call
+from .model import JobKind, JobStatus
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .core.commands import JobFinished
+
+P = ParamSpec("P")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULTS_ATTR = "__asyncjobs_defaults__"
+
+
+def job(
+    *,
+    kind: str | JobKind | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> Callable[[F], F]:
+    """Set a callable's defaults for every runner and flow that runs it.
+
+    The function itself is returned, marked, so it still pickles by reference into
+    worker processes.
+
+    :param kind: ``"io"``, ``"cpu"`` or ``"thread"`` (default: ``io`` for ``async def``,
+        ``cpu`` otherwise)
+    :param timeout: seconds per attempt
+    :param retries: extra attempts after a failure
+    :param backoff: first retry delay in seconds, doubled for each later retry
+    :returns: a decorator
+    :raises ValueError: for an unknown kind or a negative number
+    """
+    opts = _JobOptions.make(kind=kind, timeout=timeout, retries=retries, backoff=backoff)
+
+    def mark(fn: F) -> F:
+        setattr(fn, DEFAULTS_ATTR, opts.as_dict())
+        return fn
+
+    return mark
+
+
+class _JobOptions:
+    __slots__ = ("kind", "timeout_s", "retries", "backoff_s")
+
+    def __init__(self, kind: JobKind | None, timeout_s: float | None, retries: int | None,
+                 backoff_s: float | None) -> None:
+        self.kind = kind
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    @classmethod
+    def make(cls, *, kind: str | JobKind | None, timeout: float | None, retries: int | None,
+             backoff: float | None) -> _JobOptions:
+        if kind is not None:
+            try:
+                kind = JobKind(kind)
+            except ValueError:
+                raise ValueError(f"kind must be one of io, cpu, thread; not {kind!r}") from None
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be above 0 seconds, not {timeout}")
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {retries}")
+        if backoff is not None and backoff < 0:
+            raise ValueError(f"backoff must be 0 or more seconds, not {backoff}")
+        return cls(kind, timeout, retries, backoff)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "timeout": self.timeout_s, "retries": self.retries,
+                "backoff": self.backoff_s}
+
+
+class _Target:
+    """A resolved callable with the settings its jobs run under."""
+
+    __slots__ = ("fn", "name", "kind", "timeout_s", "retries", "backoff_s")
+
+    def __init__(self, fn: Callable[..., Any] | str) -> None:
+        if isinstance(fn, str):
+            fn = resolve_ref(fn)
+        if not callable(fn):
+            raise TypeError(f"a job needs a callable or 'module:attribute', not {fn!r}")
+        self.fn = fn
+        inner: Any = fn
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        self.name = getattr(inner, "__name__", type(inner).__name__)
+        marks: dict[str, Any] = getattr(inner, DEFAULTS_ATTR, None) or {}
+        kind = marks.get("kind")
+        if kind is None:
+            is_async = inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(
+                getattr(inner, "__call__", None)  # noqa: B004 - async callable objects
+            )
+            kind = JobKind.IO if is_async else JobKind.CPU
+        self.kind: JobKind = kind
+        self.timeout_s: float | None = marks.get("timeout")
+        retries = marks.get("retries")
+        self.retries: int = 0 if retries is None else retries
+        backoff = marks.get("backoff")
+        self.backoff_s: float = 1.0 if backoff is None else backoff
+
+
+def resolve_ref(ref: str) -> Callable[..., Any]:
+    """Import ``"module:attribute"`` (attribute may be dotted).
+
+    :raises ValueError: if ``ref`` has no colon
+    :raises ImportError: if the module cannot be imported or lacks the attribute
+    """
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected 'module:attribute', got {ref!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj  # type: ignore[no-any-return]
+
+
+def exception_for(done: JobFinished) -> AsyncJobsError:
+    """The exception a job that did not succeed raises to whoever awaits it."""
+    err = done.error
+    if done.status is JobStatus.CANCELLED:
+        return JobCancelled(done.job_id, err.message if err else "cancelled")
+    if err is None:
+        return JobFailed(done.job_id, "Unknown", "no error was recorded", "", done.attempts)
+    cls = JobTimeout if err.timed_out else JobFailed
+    return cls(done.job_id, err.type_name, err.message, err.traceback, done.attempts)
+
+
+class Job(Generic[T]):
+    """A submitted job. Await it for its result; it raises ``JobFailed``, ``JobTimeout``
+    or ``JobCancelled`` if it did not succeed. Cancelling the task that awaits it
+    cancels the job too, as with an asyncio task."""
+
+    __slots__ = ("id", "_engine", "_future", "_final")
+
+    def __init__(self, job_id: str, engine: Engine, future: asyncio.Future[T]) -> None:
+        #: the job's id, e.g. ``"hits-17"``
+        self.id = job_id
+        self._engine = engine
+        self._future = future
+        self._final: JobStatus | None = None
+
+    @property
+    def status(self) -> JobStatus:
+        """Where the job is now: queued, running, retrying, or how it ended."""
+        if self._final is not None:
+            return self._final
+        return self._engine.status(self.id) or JobStatus.QUEUED
+
+    def done(self) -> bool:
+        return self._final is not None
+
+    def cancel(self) -> bool:
+        """Cancel the job; a running attempt is stopped (a CPU job's worker is killed).
+
+        :returns: False if the job had already finished
+        """
+        if self._final is not None:
+            return False
+        self._engine.cancel(self.id)
+        return True
+
+    def __await__(self) -> Generator[Any, None, T]:
+        try:
+            return (yield from self._future.__await__())
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def _finish(self, done: JobFinished) -> None:
+        self._final = done.status
+        fut = self._future
+        if fut.done():
+            return
+        if done.status is JobStatus.SUCCEEDED:
+            fut.set_result(done.result)
+        else:
+            fut.set_exception(exception_for(done))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.status.value}>"
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Runner:
+    """Runs jobs in this process: ``io`` jobs on the current event loop, ``cpu`` jobs in
+    worker processes, ``thread`` jobs in a thread pool.
+
+    Use it as ``async with Runner() as runner``. Leaving the block normally waits for
+    every submitted job; leaving it with an exception (or cancellation) cancels them.
+    Either way, every worker process has exited when the block ends.
+
+    :param cpu_workers: worker processes for ``cpu`` jobs (default: the usable cores)
+    :param loops: event loops; 1 embedded (more arrive with the cluster)
+    :param io_concurrency: most ``io`` attempts at once (default: no bound)
+    :param thread_workers: threads for ``thread`` jobs (default: cores + 4, at most 32)
+    :raises ValueError: for a count below 1
+    """
+
+    def __init__(
+        self,
+        *,
+        cpu_workers: int | None = None,
+        loops: int = 1,
+        io_concurrency: int | None = None,
+        thread_workers: int | None = None,
+    ) -> None:
+        if loops != 1:
+            raise ValueError(
+                f"loops={loops}: an embedded Runner drives one event loop; "
+                "several loops per machine come with loop nodes (asyncjobs node --loops N)"
+            )
+        cores = _cpu_count()
+        self.cpu_workers = cores if cpu_workers is None else cpu_workers
+        self.io_concurrency = io_concurrency
+        self.thread_workers = min(32, cores + 4) if thread_workers is None else thread_workers
+        for name in ("cpu_workers", "thread_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if io_concurrency is not None and io_concurrency < 1:
+            raise ValueError(f"io_concurrency must be at least 1, not {io_concurrency}")
+        self._engine: Engine | None = None
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> Runner:
+        if self._engine is not None:
+            raise RuntimeError("this Runner is already open")
+        self._engine = Engine(
+            cpu_workers=self.cpu_workers,
+            io_concurrency=self.io_concurrency,
+            thread_workers=self.thread_workers,
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        engine = self._engine
+        assert engine is not None
+        try:
+            await engine.aclose(cancel=exc_type is not None)
+        finally:
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the open runner (internal, for flows and tests)."""
+        if self._engine is None:
+            raise RunnerClosed("the Runner is not open: use 'async with Runner() as runner'")
+        return self._engine
+
+    @overload
+    def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[T]: ...
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Job[T]: ...
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Job[Any]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Start a job now and return its ``Job`` at once.
+
+        :param fn: a callable, or ``"module:attribute"``
+        :returns: the job; await it for its result
+        :raises RunnerClosed: if the runner is not open
+        :raises TypeError: if ``fn`` is not callable
+        :raises ImportError: if a ``"module:attribute"`` cannot be imported
+        """
+        engine = self.engine
+        target = _Target(fn)
+        job_id = f"{target.name}-{next(self._ids)}"
+        handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop().create_future())
+        engine.submit(Entry(
+            job_id, target.kind, handle._finish,
+            call=Call(target.fn, args, kwargs, target.timeout_s),
+            retries=target.retries, backoff_s=target.backoff_s,
+        ))
+        return handle
+
+    async def map(
+        self,
+        fn: Callable[..., Awaitable[T]] | Callable[..., T] | str,
+        /,
+        *iterables: Iterable[Any],
+        window: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[T]:
+        """Run ``fn`` over the items, like the builtin ``map``; return results in input order.
+
+        At most ``window`` jobs exist at once, however long the input, so a map over a
+        million items holds a bounded number of jobs (the result list still grows).
+
+        :param iterables: one iterable per positional argument of ``fn``
+        :param window: most jobs in flight (default: twice what the kind runs at once,
+            at least 64)
+        :param return_exceptions: put each failure's exception in the list instead of
+            raising the first one
+        :returns: the results, in input order
+        :raises JobFailed: the first failure, when ``return_exceptions`` is false; the
+            jobs still in flight are cancelled
+        :raises RunnerClosed: if the runner is not open
+        """
+        engine = self.engine
+        target = _Target(fn)
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        if window is None:
+            window = self._default_window(target.kind)
+        elif window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        loop = asyncio.get_running_loop()
+        args_iter: Iterable[tuple[Any, ...]] = zip(*iterables, strict=False)
+        results: list[Any] = []
+        in_flight: dict[str, int] = {}
+        failure: list[AsyncJobsError] = []
+        wake: list[asyncio.Future[None]] = []
+
+        def on_done(done: JobFinished) -> None:
+            index = in_flight.pop(done.job_id)
+            if done.status is JobStatus.SUCCEEDED:
+                results[index] = done.result
+            else:
+                exc = exception_for(done)
+                if return_exceptions:
+                    results[index] = exc
+                elif not failure:
+                    failure.append(exc)
+            if wake and not wake[0].done():
+                wake[0].set_result(None)
+
+        it = iter(args_iter)
+        exhausted = False
+        ids = self._ids
+        name, kind, fn_, timeout_s = target.name, target.kind, target.fn, target.timeout_s
+        retries, backoff_s = target.retries, target.backoff_s
+        try:
+            while True:
+                if failure:
+                    raise failure[0]
+                room = window - len(in_flight)
+                if not exhausted and room > 0:
+                    batch = []
+                    for args in itertools.islice(it, room):
+                        job_id = f"{name}-{next(ids)}"
+                        in_flight[job_id] = len(results)
+                        results.append(None)
+                        batch.append(Entry(
+                            job_id, kind, on_done, call=Call(fn_, args, {}, timeout_s),
+                            retries=retries, backoff_s=backoff_s,
+                        ))
+                    exhausted = len(batch) < room
+                    if batch:
+                        engine.submit(*batch)
+                        continue
+                if not in_flight:
+                    return results
+                fut = loop.create_future()
+                wake[:] = [fut]
+                await fut
+        except BaseException:
+            for job_id in list(in_flight):
+                engine.cancel(job_id, "cancelled: its map() stopped early")
+            raise
+
+    def _default_window(self, kind: JobKind) -> int:
+        if kind is JobKind.CPU:
+            capacity: int | None = self.engine.cpu.capacity
+        elif kind is JobKind.THREAD:
+            capacity = self.thread_workers
+        else:
+            capacity = self.io_concurrency
+        if capacity is None:
+            return 1024
+        return max(64, 2 * capacity)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool = True) -> T:
+    """Run ``main()`` on a new event loop: uvloop where it is installed, else asyncio's.
+
+    :param main: an ``async def`` taking no arguments
+    :param use_uvloop: set False to force asyncio's own loop
+    :returns: what ``main()`` returns
+    """
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - platforms without uvloop
+            pass
+        else:
+            return uvloop.run(main())
+    return asyncio.run(main())

@@ -1,0 +1,1 @@
+"""IO adapters that run attempts: coroutines, worker processes, threads."""

@@ -1,0 +1,47 @@
+"""What every executor shares: the sink it reports to, and exception capture."""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..model import ErrorInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: an attempt as executors know it: (job id, attempt number)
+AttemptKey = tuple[str, int]
+
+
+class Sink(Protocol):
+    """Where an executor reports how each attempt ended. Exactly one call per attempt."""
+
+    def succeeded(self, key: AttemptKey, result: Any) -> None: ...
+    def failed(self, key: AttemptKey, error: ErrorInfo) -> None: ...
+    def cancelled(self, key: AttemptKey) -> None: ...
+
+
+class Call:
+    """A function and its arguments, as one attempt will run it."""
+
+    __slots__ = ("fn", "args", "kwargs", "timeout_s")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        timeout_s: float | None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.timeout_s = timeout_s
+
+
+def error_info(exc: BaseException, *, retryable: bool = True) -> ErrorInfo:
+    tb = "".join(traceback.format_exception(exc))
+    return ErrorInfo(type(exc).__name__, str(exc), tb, retryable=retryable)
+
+
+def timeout_info(timeout_s: float, detail: str = "") -> ErrorInfo:
+    msg = f"attempt ran past its timeout of {timeout_s:g}s{detail}"
+    return ErrorInfo("TimeoutError", msg, timed_out=True)

@@ -1,0 +1,76 @@
+"""IO attempts: coroutines on this event loop, one task each, cancelled for real."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from .base import error_info, timeout_info
+
+if TYPE_CHECKING:
+    from .base import AttemptKey, Call, Sink
+
+
+class IoExecutor:
+    """Runs each attempt as a task on the running loop.
+
+    :param sink: receives exactly one report per started attempt
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
+        self._cancelling: set[AttemptKey] = set()
+
+    def start(self, key: AttemptKey, call: Call) -> None:
+        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key, call))
+
+    def cancel(self, key: AttemptKey) -> None:
+        task = self._tasks.get(key)
+        if task is not None:
+            self._cancelling.add(key)
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel every attempt still running and wait for them to unwind."""
+        tasks = list(self._tasks.items())
+        for key, task in tasks:
+            self._cancelling.add(key)
+            task.cancel()
+        if tasks:
+            await asyncio.wait([t for _, t in tasks])
+
+    async def _run(self, key: AttemptKey, call: Call) -> None:
+        try:
+            if call.timeout_s is None:
+                result = await _invoke(call)
+            else:
+                scope = asyncio.timeout(call.timeout_s)
+                try:
+                    async with scope:
+                        result = await _invoke(call)
+                except TimeoutError as exc:
+                    if not scope.expired():
+                        raise
+                    self.sink.failed(key, timeout_info(call.timeout_s))
+                    del exc
+                    return
+        except asyncio.CancelledError:
+            if key not in self._cancelling:
+                raise
+            self.sink.cancelled(key)
+        except Exception as exc:
+            self.sink.failed(key, error_info(exc))
+        else:
+            self.sink.succeeded(key, result)
+        finally:
+            del self._tasks[key]
+            self._cancelling.discard(key)
+
+
+async def _invoke(call: Call) -> Any:
+    result = call.fn(*call.args, **call.kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
