@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 WORKER_SCRIPT = str(Path(wire.__file__).resolve())
 MAX_START_FAILURES = 3
 STOP_GRACE_S = 1.0
+#: how long to wait for a killed worker's exit status before giving up on it
+REAP_TIMEOUT_S = 5.0
 
 
 class _Ticket:
@@ -92,6 +94,14 @@ def describe_exit(returncode: int | None) -> str:
             return f"killed by {name} (out of memory, or killed from outside)"
         return f"killed by {name}"
     return f"exit code {returncode}"
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> int | None:
+    """The worker's exit status; None if it cannot be had (someone else reaped it)."""
+    try:
+        return await asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S)
+    except TimeoutError:
+        return proc.returncode
 
 
 def _kill_pids(pids: set[int]) -> None:
@@ -204,7 +214,9 @@ class CpuPool:
             _, pending = await asyncio.wait(list(self._tasks), timeout=STOP_GRACE_S)
             if pending:
                 self.kill_all()
-                await asyncio.wait(pending)
+                _, pending = await asyncio.wait(pending, timeout=REAP_TIMEOUT_S + 1)
+                for task in pending:
+                    task.cancel()
         self._finalizer.detach()
 
     def kill_all(self) -> None:
@@ -257,14 +269,16 @@ class CpuPool:
                         start_error = self._error_from(payload, retryable=False)
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
-            returncode = await proc.wait()
+            returncode = await _reap(proc)
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                await asyncio.shield(proc.wait())
+                await asyncio.shield(_reap(proc))
             self._pids.discard(proc.pid)
         writer.close()
+        if returncode is None:
+            returncode = proc.returncode
         self._on_exit(worker, returncode, start_error)
 
     def _on_ready(self, worker: _Worker) -> None:

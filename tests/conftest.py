@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _debug_asyncio_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    return loop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": _debug_asyncio_loop
+    }
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        pass
+    else:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+@pytest.fixture
+def no_leftover_children() -> Iterator[None]:
+    """Fail the test if it leaves any child process of ours alive."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = 50
+    leftover: list[Any] = []
+    for _ in range(deadline):
+        leftover = [p for p in me.children(recursive=True) if p.pid not in before]
+        leftover = [p for p in leftover if p.is_running() and p.status() != "zombie"]
+        if not leftover:
+            return
+        psutil.wait_procs(leftover, timeout=0.1)
+    pytest.fail(f"child processes left behind: {[p.pid for p in leftover]}")
+
+
+def python_env() -> dict[str, str]:
+    """Environment for a child Python that must import this checkout and its tests."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(REPO, "src"), REPO, env.get("PYTHONPATH", "")]
+    )
+    return env
+
+
+PYTHON = sys.executable
