@@ -197,6 +197,8 @@ class Job(Generic[T]):
             fut.set_result(done.result)
         else:
             fut.set_exception(exception_for(done))
+            if done.status is JobStatus.CANCELLED:
+                fut.exception()  # a cancelled job nobody awaits is not an error to log
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.status.value}>"

@@ -156,3 +156,14 @@ async def test_exit_with_exception_kills_a_running_cpu_job(tmp_path: Path) -> No
             raise RuntimeError("app failed")
     with pytest.raises(JobCancelled):
         await job
+
+
+async def test_idle_worker_takes_a_job_queued_behind_a_long_one(tmp_path: Path) -> None:
+    # whichever worker starts first is handed both jobs (prefetch); the other must steal one
+    marks = [tmp_path / "a", tmp_path / "b"]
+    async with Runner(cpu_workers=2) as runner:
+        hangs = [runner.submit(jobs.hang, str(m)) for m in marks]
+        pids = {int(await wait_for_file(m)) for m in marks}
+        assert len(pids) == 2
+        for job in hangs:
+            job.cancel()

@@ -7,8 +7,9 @@ a time, in the order received, and answers each with exactly one frame.
 
 Rules:
 
-1. Before running the next job the worker reads every frame already waiting, so a
-   ``C`` (cancel) for a job not yet started removes it: answered ``X``, never run.
+1. A reader thread takes frames while the main thread runs jobs, so a ``C`` (cancel)
+   for a job not yet started removes it at once, even while a long job runs: answered
+   ``X``, never run. A job already taken by the main thread is answered with its result.
 2. Payloads are unpickled only when the job is about to run, so a job whose function
    cannot be imported fails alone, with its own error.
 3. The worker ignores SIGINT (the parent decides what Ctrl-C means) and asks the kernel
@@ -24,6 +25,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import traceback
 from collections import deque
 
@@ -52,9 +54,11 @@ class _Channel:
         self.sock = sock
         self.buf = bytearray()
         self.frames: deque[tuple[bytes, int, bytes]] = deque()
+        self._send_lock = threading.Lock()
 
     def send(self, op: bytes, token: int, payload: bytes = b"") -> None:
-        self.sock.sendall(HEADER.pack(len(payload), op, token) + payload)
+        with self._send_lock:
+            self.sock.sendall(HEADER.pack(len(payload), op, token) + payload)
 
     def fill(self, block: bool) -> None:
         """Read what is waiting (or wait for something when ``block``); split frames."""
@@ -124,24 +128,34 @@ def main() -> None:
     chan.send(OP_READY, os.getpid())
 
     pending: deque[tuple[int, bytes]] = deque()
+    ready = threading.Condition()
+
+    def read_frames() -> None:
+        while True:
+            chan.fill(block=True)
+            with ready:
+                while chan.frames:
+                    op, token, payload = chan.frames.popleft()
+                    if op == OP_RUN:
+                        pending.append((token, payload))
+                    elif op == OP_CANCEL:
+                        for i, (t, _) in enumerate(pending):
+                            if t == token:
+                                del pending[i]
+                                chan.send(OP_CANCELLED, token)
+                                break
+                    elif op == OP_STOP:
+                        os._exit(0)
+                ready.notify()
+
+    threading.Thread(target=read_frames, name="asyncjobs-reader", daemon=True).start()
     while True:
-        chan.fill(block=not pending and not chan.frames)
-        while chan.frames:
-            op, token, payload = chan.frames.popleft()
-            if op == OP_RUN:
-                pending.append((token, payload))
-            elif op == OP_CANCEL:
-                for i, (t, _) in enumerate(pending):
-                    if t == token:
-                        del pending[i]
-                        chan.send(OP_CANCELLED, token)
-                        break
-            elif op == OP_STOP:
-                os._exit(0)
-        if pending:
+        with ready:
+            while not pending:
+                ready.wait()
             token, payload = pending.popleft()
-            op, out = _run(payload)
-            chan.send(op, token, out)
+        op, out = _run(payload)
+        chan.send(op, token, out)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ processes, calls pickled by reference) and adds what the runner promises:
    arrived). Past its timeout, the worker is SIGKILLed, and a new one takes its place.
 3. Cancelling a job a worker has not started removes it there; cancelling a running
    one kills its worker.
-4. Workers are started on first use and replaced when they die. Three deaths in a row
+4. No job waits behind another while a worker is idle: an idle worker takes back
+   ("steals") a job another worker holds but has not started.
+5. Workers are started on first use and replaced when they die. Three deaths in a row
    before a worker is ready mark the pool broken: jobs then fail with the start-up error
    instead of looping forever.
-5. Every process the pool starts is killed by PID before ``aclose`` returns, and by the
+6. Every process the pool starts is killed by PID before ``aclose`` returns, and by the
    kernel if this process dies first (PR_SET_PDEATHSIG in the worker).
 """
 
@@ -55,7 +57,7 @@ REAP_TIMEOUT_S = 5.0
 
 class _Ticket:
     __slots__ = ("key", "token", "payload", "timeout_s", "worker", "cancel_requested",
-                 "timed_out")
+                 "timed_out", "stealing")
 
     def __init__(self, key: AttemptKey, token: int, payload: bytes, timeout_s: float | None):
         self.key = key
@@ -65,6 +67,8 @@ class _Ticket:
         self.worker: _Worker | None = None
         self.cancel_requested = False
         self.timed_out = False
+        #: asked back from its worker, to go to an idle one
+        self.stealing = False
 
 
 class _Worker:
@@ -332,6 +336,7 @@ class CpuPool:
                 ))
             for ticket in reversed(assigned):
                 ticket.worker = None
+                ticket.stealing = False
                 if ticket.cancel_requested:
                     del self._tickets[ticket.key]
                     self.sink.cancelled(ticket.key)
@@ -371,6 +376,25 @@ class CpuPool:
             best.send(wire.OP_RUN, ticket.token, ticket.payload)
             if len(best.assigned) == 1:
                 self._arm(best)
+        self._steal()
+
+    def _steal(self) -> None:
+        """Ask a busy worker for a job it has not started, for each idle worker."""
+        idle = sum(1 for w in self._live if not w.assigned)
+        if not idle:
+            return
+        for worker in self._live:
+            if len(worker.assigned) < 2:
+                continue
+            for ticket in reversed(worker.assigned):
+                if idle == 0:
+                    return
+                if ticket is worker.assigned[0]:
+                    break
+                if not ticket.stealing and not ticket.cancel_requested:
+                    ticket.stealing = True
+                    worker.send(wire.OP_CANCEL, ticket.token)
+                    idle -= 1
 
     def _arm(self, worker: _Worker) -> None:
         head = worker.assigned[0]
@@ -400,6 +424,12 @@ class CpuPool:
             else:
                 return
         key = ticket.key
+        if op == wire.OP_CANCELLED and ticket.stealing and not ticket.cancel_requested:
+            ticket.stealing = False
+            ticket.worker = None
+            self._backlog.appendleft(ticket)
+            self._pump()
+            return
         del self._tickets[key]
         if ticket.cancel_requested or op == wire.OP_CANCELLED:
             self.sink.cancelled(key)
@@ -412,7 +442,7 @@ class CpuPool:
                 self.sink.succeeded(key, result)
         else:
             self.sink.failed(key, self._error_from(payload))
-        if self._backlog:
+        if self._backlog or not assigned:
             self._pump()
 
     @staticmethod
