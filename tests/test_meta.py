@@ -1,0 +1,100 @@
+"""The package's shape: public names, imports that stand alone, layers that point down."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import asyncjobs
+
+from .conftest import PYTHON, python_env
+
+SRC = Path(asyncjobs.__file__).parent
+MODULES = sorted(
+    "asyncjobs." + ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+    for p in SRC.rglob("*.py")
+    if p.name not in ("__main__.py", "_worker_main.py")
+)
+PURE = ("core", "flow", "protocol")
+IO_MODULES = {"asyncio", "anyio", "aiohttp", "uvloop", "sqlite3", "socket", "time", "selectors"}
+#: higher layers; a lower layer importing one of these points up
+UPPER = {"api", "engine", "cli", "daemons", "executors", "transport", "store", "report"}
+
+
+def test_all_is_a_tuple_of_exactly_the_public_names() -> None:
+    assert isinstance(asyncjobs.__all__, tuple)
+    public = {n for n in vars(asyncjobs) if not n.startswith("_")} - {"annotations"}
+    modules = {n for n in public if type(getattr(asyncjobs, n)).__name__ == "module"}
+    assert set(asyncjobs.__all__) == public - modules
+    for name in ("Runner", "Job", "job", "JobFailed", "JobTimeout", "JobCancelled", "FlowError"):
+        assert name in asyncjobs.__all__
+    assert issubclass(asyncjobs.JobTimeout, asyncjobs.JobFailed)
+    assert issubclass(asyncjobs.JobTimeout, TimeoutError)
+
+
+def test_every_module_imports_alone_without_warnings() -> None:
+    code = (
+        "import importlib, subprocess, sys\n"
+        "bad = []\n"
+        "for m in sys.argv[1:]:\n"
+        "    r = subprocess.run([sys.executable, '-W', 'error', '-c', f'import {m}'],"
+        " capture_output=True, text=True)\n"
+        "    if r.returncode: bad.append((m, r.stderr[-500:]))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    r = subprocess.run([PYTHON, "-c", code, *MODULES], capture_output=True, text=True,
+                       env=python_env(), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of what a module imports, relative ones resolved inside asyncjobs."""
+    tree = ast.parse(path.read_text())
+    parts = path.relative_to(SRC).with_suffix("").parts
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(parts[: len(parts) - node.level])
+                target = base + (node.module.split(".") if node.module else [])
+                if target:
+                    names.add("asyncjobs." + target[0])
+                else:
+                    names.update("asyncjobs." + a.name for a in node.names)
+            elif node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PURE)
+def test_pure_layers_do_no_io_and_import_nothing_above_them(package: str) -> None:
+    for path in (SRC / package).rglob("*.py") if (SRC / package).exists() else []:
+        found = _imports(path)
+        assert not found & IO_MODULES, f"{path.name} imports IO: {found & IO_MODULES}"
+        upward = {n for n in found if n.startswith("asyncjobs.") and n[10:] in UPPER}
+        assert not upward, f"{path.name} imports a higher layer: {upward}"
+
+
+def test_executors_do_not_reach_up_to_engine_or_api() -> None:
+    for path in (SRC / "executors").rglob("*.py"):
+        found = _imports(path)
+        assert not found & {"asyncjobs.engine", "asyncjobs.api", "asyncjobs.cli"}, path.name
+
+
+def test_import_is_light() -> None:
+    heavy = ("aiohttp", "yaml", "rich")
+    code = f"import sys, asyncjobs; print(sorted(m for m in {heavy} if m in sys.modules))"
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=python_env())
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_version_command() -> None:
+    r = subprocess.run([PYTHON, "-m", "asyncjobs", "--version"], capture_output=True,
+                       text=True, env=python_env())
+    assert r.returncode == 0 and r.stdout.strip() == f"asyncjobs {asyncjobs.__version__}"
