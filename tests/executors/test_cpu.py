@@ -167,3 +167,17 @@ async def test_idle_worker_takes_a_job_queued_behind_a_long_one(tmp_path: Path) 
         assert len(pids) == 2
         for job in hangs:
             job.cancel()
+
+
+async def test_worker_killed_from_outside_fails_its_job_naming_sigkill(tmp_path: Path) -> None:
+    # what the kernel's OOM killer does to a worker
+    pid_file = tmp_path / "pid"
+    async with Runner(cpu_workers=1) as runner:
+        job = runner.submit(jobs.hang, str(pid_file))
+        queued = runner.submit(jobs.square, 12)
+        pid = int(await wait_for_file(pid_file))
+        psutil.Process(pid).kill()
+        with pytest.raises(JobFailed, match="SIGKILL") as info:
+            await job
+        assert info.value.type_name == "WorkerCrashed" and str(pid) in info.value.message
+        assert await queued == 144
