@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from typing import TYPE_CHECKING
 
-import psutil
 import pytest
 
 from .conftest import PYTHON, python_env
+from .procs import wait_until_gone_sync
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,13 +34,6 @@ async def main():
 if __name__ == "__main__":
     asyncjobs.run(main)
 """
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.parametrize("how", ["raise", "sigint", "sigterm", "sigkill"])
@@ -69,7 +61,4 @@ def test_workers_die_with_their_runner(tmp_path: Path, how: str) -> None:
     if how in ("raise", "sigint"):
         assert proc.returncode in (130, -signal.SIGINT)
         assert "KeyboardInterrupt" in stderr
-    deadline = time.monotonic() + 2.0
-    while not all(gone(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert all(gone(pid) for pid in workers), f"workers outlived the runner ({how})"
+    wait_until_gone_sync(workers, deadline_s=2.0)

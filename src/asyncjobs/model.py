@@ -59,6 +59,8 @@ class ErrorInfo:
     timed_out: bool = False
     #: False for errors no retry can fix (the call cannot be pickled, say)
     retryable: bool = True
+    #: the least delay before a retry, when the failure said so (HTTP Retry-After)
+    retry_after_s: float | None = None
 
     @property
     def first_line(self) -> str:

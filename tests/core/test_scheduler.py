@@ -182,3 +182,10 @@ def test_to_dict_reports_counts_and_limits(sched: SchedulerState) -> None:
     assert d["counts"]["running"] == 2 and d["counts"]["queued"] == 1
     assert d["limits"]["@cpu"]["in_use"] == 2
     assert d["queued"] == {"@cpu": 1} and len(d["log"]) == 3
+
+
+def test_retry_waits_at_least_what_the_failure_asked(sched: SchedulerState) -> None:
+    sched.handle(submit("a", retries=1, backoff_s=0.1, now=0.0))
+    err = ErrorInfo("HttpStatusError", "429", retry_after_s=3.0)
+    assert sched.handle(AttemptFailed("a", 1, err, now=1.0)) == []
+    assert sched.next_wake() == pytest.approx(4.0)

@@ -13,6 +13,7 @@ import asyncjobs
 from asyncjobs import JobCancelled, JobFailed, JobTimeout, Runner
 
 from .. import jobs
+from ..procs import gone, wait_until_gone
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,21 +28,6 @@ async def wait_for_file(path: Path, deadline_s: float = 10.0) -> str:
             return path.read_text()
         await asyncio.sleep(0.01)
     raise AssertionError(f"{path} never appeared")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_until_gone(pid: int, deadline_s: float = 5.0) -> None:
-    """Poll without reaping: the pool's own watcher must collect its children."""
-    end = time.monotonic() + deadline_s
-    while not gone(pid):
-        assert time.monotonic() < end, f"process {pid} still running after {deadline_s}s"
-        await asyncio.sleep(0.02)
 
 
 async def test_os_exit_fails_only_its_job_and_pool_recovers() -> None:
@@ -81,7 +67,7 @@ async def test_hung_job_past_timeout_has_its_worker_killed(tmp_path: Path) -> No
         with pytest.raises(JobTimeout, match="killed"):
             await job
         assert job.status == "failed"
-        await wait_until_gone(pid, deadline_s=2.0)
+        await wait_until_gone([pid], deadline_s=2.0)
         assert await runner.submit(jobs.add, 2, 2) == 4
 
 
@@ -117,7 +103,7 @@ async def test_cancel_running_cpu_job_kills_its_worker(tmp_path: Path) -> None:
         job.cancel()
         with pytest.raises(JobCancelled):
             await job
-        await wait_until_gone(pid)
+        await wait_until_gone([pid])
         assert await runner.submit(jobs.add, 5, 5) == 10
 
 

@@ -256,6 +256,8 @@ class SchedulerState:
             return
         if ev.error.retryable and job.attempt <= job.retries:
             delay = backoff_delay(job.attempt, job.backoff_s, self.rng)
+            if ev.error.retry_after_s is not None:
+                delay = max(delay, ev.error.retry_after_s)
             if delay <= 0:
                 self._set_status(job, S.QUEUED)
                 self._ready.setdefault(job.limits, deque()).append(job)

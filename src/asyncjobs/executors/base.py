@@ -38,8 +38,14 @@ class Call:
 
 
 def error_info(exc: BaseException, *, retryable: bool = True) -> ErrorInfo:
+    """An exception as data. An exception may say it is final (``retryable = False``)
+    or how long to wait first (``retry_after_s``), as HTTP failures do."""
     tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type(exc).__name__, str(exc), tb, retryable=retryable)
+    return ErrorInfo(
+        type(exc).__name__, str(exc), tb,
+        retryable=retryable and getattr(exc, "retryable", True),
+        retry_after_s=getattr(exc, "retry_after_s", None),
+    )
 
 
 def timeout_info(timeout_s: float, detail: str = "") -> ErrorInfo:

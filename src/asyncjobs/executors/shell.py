@@ -1,0 +1,79 @@
+"""Shell jobs: ``/bin/sh -c`` in a process group of its own, killed as a group.
+
+The shell runs in a new session, so its children share its process group. Whatever ends
+the attempt (exit, timeout, cancellation), the whole group is SIGKILLed before the
+attempt reports, so no background child of a shell step outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: bytes of stdout and of stderr kept per attempt (the tail: the end is what explains)
+TAIL_BYTES = 64 * 1024
+REAP_TIMEOUT_S = 5.0
+
+
+class ShellFailed(Exception):
+    """The command exited non-zero. Carries the same fields as a shell job's result."""
+
+    def __init__(self, command: str, exit_code: int, stdout: str, stderr: str) -> None:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        super().__init__(f"exit code {exit_code}" + (f": {last}" if last else ""))
+        self.command = command
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+async def _tail(stream: asyncio.StreamReader | None) -> str:
+    buf = bytearray()
+    if stream is not None:
+        while chunk := await stream.read(65536):
+            buf += chunk
+            if len(buf) > TAIL_BYTES:
+                del buf[: len(buf) - TAIL_BYTES]
+    return buf.decode("utf-8", "replace")
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def run_shell(
+    command: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> dict[str, Any]:
+    """Run ``command`` with ``/bin/sh -c``.
+
+    :returns: ``{"exit_code": 0, "stdout": tail, "stderr": tail}``
+    :raises ShellFailed: on a non-zero exit
+    """
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-c", command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=cwd,
+    )
+    readers = [asyncio.ensure_future(_tail(proc.stdout)), asyncio.ensure_future(_tail(proc.stderr))]
+    try:
+        exit_code = await proc.wait()
+    finally:
+        # the group outlives the shell when it left children behind; kill it either way
+        _kill_group(proc.pid)
+        if proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S))
+        done, pending = await asyncio.shield(asyncio.wait(readers, timeout=REAP_TIMEOUT_S))
+        for reader in pending:
+            reader.cancel()
+    stdout, stderr = (r.result() if r in done else "" for r in readers)
+    if exit_code != 0:
+        raise ShellFailed(command, exit_code, stdout, stderr)
+    return {"exit_code": exit_code, "stdout": stdout, "stderr": stderr}
