@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterable, Mapping
 
-    from .executors.base import AttemptKey
+    from .executors.base import AttemptKey, Executor
     from .model import ErrorInfo, JobStatus
 
 #: the limit each kind's attempts hold; '@' keeps them apart from user-named limits
@@ -99,7 +99,9 @@ class Engine:
         }
         all_limits.update(limits or {})
         self.core = SchedulerState(all_limits, rng=rng)
-        self._executors = {JobKind.IO: self.io, JobKind.CPU: self.cpu, JobKind.THREAD: self.thread}
+        self._executors: dict[JobKind, Executor] = {
+            JobKind.IO: self.io, JobKind.CPU: self.cpu, JobKind.THREAD: self.thread
+        }
         self._entries: dict[str, Entry] = {}
         self._inbox: list[Event] = []
         self._busy = False

@@ -23,7 +23,7 @@ def backoff_delay(retry: int, backoff_s: float, rng: random.Random) -> float:
     """
     if backoff_s <= 0:
         return 0.0
-    base = backoff_s * (2 ** (retry - 1))
+    base = backoff_s * 2.0 ** (retry - 1)
     return base * (1 - JITTER + 2 * JITTER * rng.random())
 
 

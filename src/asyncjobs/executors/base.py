@@ -22,6 +22,14 @@ class Sink(Protocol):
     def cancelled(self, key: AttemptKey) -> None: ...
 
 
+class Executor(Protocol):
+    """Runs attempts of one kind and reports each one's end to its sink."""
+
+    def start(self, key: AttemptKey, call: Call) -> None: ...
+    def cancel(self, key: AttemptKey) -> None: ...
+    async def aclose(self) -> None: ...
+
+
 class Call:
     """A function and its arguments, as one attempt will run it."""
 
