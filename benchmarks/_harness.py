@@ -10,10 +10,25 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT_S = 600
+
+
+class Clock:
+    """Wall time (``perf_counter``) and this process's CPU time over one measured span."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> dict[str, float]:
+        return {"wall_s": time.perf_counter() - self._wall,
+                "cpu_parent_s": time.process_time() - self._cpu}
 
 
 def peak_rss_mib() -> dict[str, float]:

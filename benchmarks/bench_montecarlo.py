@@ -54,8 +54,8 @@ def warm_up(map_fn: Callable[[list[float]], Iterable[int]]) -> None:
     raise RuntimeError(f"only {len(seen)} of {WORKERS} workers answered the warm-up")
 
 
-async def asyncjobs_variant(work: list[int], warm: bool) -> float:
-    start = time.perf_counter()
+async def asyncjobs_variant(work: list[int], warm: bool) -> dict[str, float]:
+    clock = _harness.Clock()
     async with asyncjobs.Runner(cpu_workers=WORKERS) as runner:
         if warm:
             seen: set[int] = set()
@@ -65,80 +65,82 @@ async def asyncjobs_variant(work: list[int], warm: bool) -> float:
                     break
             else:
                 raise RuntimeError(f"only {len(seen)} of {WORKERS} workers answered")
-            start = time.perf_counter()
-            counts = await runner.map(hits, work)
-            wall = time.perf_counter() - start
-        else:
-            counts = await runner.map(hits, work)
+            clock.start()
+        counts = await runner.map(hits, work)
+        if warm:
+            timing = clock.stop()
     if not warm:
-        wall = time.perf_counter() - start
+        timing = clock.stop()
     assert len(counts) == len(work)
-    return wall
+    return timing
 
 
-def pool_variant(work: list[int], warm: bool) -> float:
-    start = time.perf_counter()
-    pool = multiprocessing.Pool(WORKERS)
+def pool_variant(work: list[int], warm: bool, method: str | None) -> dict[str, float]:
+    clock = _harness.Clock()
+    pool = multiprocessing.get_context(method).Pool(WORKERS)
     try:
         if warm:
             warm_up(lambda items: pool.map(pid_after, items))
-            start = time.perf_counter()
+            clock.start()
         counts = pool.map(hits, work)
         if warm:
-            wall = time.perf_counter() - start
+            timing = clock.stop()
     finally:
         pool.close()
         pool.join()
     if not warm:
-        wall = time.perf_counter() - start
+        timing = clock.stop()
     assert len(counts) == len(work)
-    return wall
+    return timing
 
 
-def ppe_variant(work: list[int], warm: bool) -> float:
-    start = time.perf_counter()
-    with ProcessPoolExecutor(WORKERS) as ex:
+def ppe_variant(work: list[int], warm: bool, method: str | None) -> dict[str, float]:
+    clock = _harness.Clock()
+    ctx = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
         if warm:
             warm_up(lambda items: list(ex.map(pid_after, items)))
-            start = time.perf_counter()
+            clock.start()
         counts = list(ex.map(hits, work))
         if warm:
-            wall = time.perf_counter() - start
+            timing = clock.stop()
     if not warm:
-        wall = time.perf_counter() - start
+        timing = clock.stop()
     assert len(counts) == len(work)
-    return wall
+    return timing
 
 
-def child(variant: str, jobs: int, tries: int) -> None:
+def child(variant: str, jobs: int, tries: int, method: str | None) -> None:
     lib, mode = variant.split("-")
     work = [tries] * jobs
     warm = mode == "warm"
     if lib == "asyncjobs":
-        wall = asyncjobs.run(lambda: asyncjobs_variant(work, warm))
+        timing = asyncjobs.run(lambda: asyncjobs_variant(work, warm))
     elif lib == "pool":
-        wall = pool_variant(work, warm)
+        timing = pool_variant(work, warm, method)
     else:
-        wall = ppe_variant(work, warm)
-    _harness.emit({"wall_s": wall})
+        timing = ppe_variant(work, warm, method)
+    _harness.emit(timing)
 
 
 def parent(args: argparse.Namespace) -> None:
-    opts = ["--jobs", str(args.jobs), "--tries", str(args.tries)]
+    method = args.start_method or multiprocessing.get_start_method()
+    opts = ["--jobs", str(args.jobs), "--tries", str(args.tries), "--start-method", method]
     print(f"Monte Carlo pi: {args.jobs} jobs x {args.tries} tries, {WORKERS} workers, "
           f"{os.cpu_count()} cores, median of {args.repeat} rounds; Python "
-          f"{sys.version.split()[0]}, multiprocessing start method "
-          f"{multiprocessing.get_start_method()}; asyncjobs from {asyncjobs.__file__}")
+          f"{sys.version.split()[0]}; Pool/ProcessPoolExecutor start method {method}; "
+          f"asyncjobs from {asyncjobs.__file__}", flush=True)
     runs = _harness.run_rounds(__file__, VARIANTS, opts, args.repeat)
-    print(f"\n{'variant':<16}{'median s':>10}{'min s':>8}{'max s':>8}{'jobs/s':>9}"
-          f"{'parent MiB':>12}{'child MiB':>11}")
+    print(f"\n{'variant':<16}{'median s':>9}{'min s':>7}{'max s':>7}{'jobs/s':>8}"
+          f"{'parent CPU s':>13}{'parent MiB':>11}{'child MiB':>10}")
     for v in VARIANTS:
         r = runs[v]
         med = _harness.median(r, "wall_s")
-        print(f"{v:<16}{med:>10.3f}{min(x['wall_s'] for x in r):>8.3f}"
-              f"{max(x['wall_s'] for x in r):>8.3f}{args.jobs / med:>9,.0f}"
-              f"{_harness.peak(r, 'rss_parent_mib'):>12.1f}"
-              f"{_harness.peak(r, 'rss_children_mib'):>11.1f}")
+        print(f"{v:<16}{med:>9.3f}{min(x['wall_s'] for x in r):>7.3f}"
+              f"{max(x['wall_s'] for x in r):>7.3f}{args.jobs / med:>8,.0f}"
+              f"{_harness.median(r, 'cpu_parent_s'):>13.3f}"
+              f"{_harness.peak(r, 'rss_parent_mib'):>11.1f}"
+              f"{_harness.peak(r, 'rss_children_mib'):>10.1f}")
     print()
     for mode in ("cold", "warm"):
         aj = _harness.median(runs[f"asyncjobs-{mode}"], "wall_s")
@@ -155,10 +157,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--tries", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--start-method", choices=multiprocessing.get_all_start_methods(),
+        help="for Pool and ProcessPoolExecutor (default: the platform's; asyncjobs "
+             "always starts fresh interpreters, like spawn)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        child(args.variant, args.jobs, args.tries)
+        child(args.variant, args.jobs, args.tries, args.start_method)
     else:
         parent(args)
 
