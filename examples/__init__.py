@@ -1,0 +1,1 @@
+"""Runnable examples; a package so jobs.yaml can name ``examples.montecarlo:hits``."""
