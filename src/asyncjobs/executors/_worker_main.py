@@ -36,6 +36,7 @@ OP_INIT, OP_RUN, OP_CANCEL, OP_STOP = b"I", b"R", b"C", b"S"
 OP_READY, OP_OK, OP_ERR, OP_CANCELLED = b"H", b"K", b"E", b"X"
 
 
+
 def _die_with_parent(parent_pid: int) -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -155,6 +156,8 @@ def main() -> None:
                 ready.wait()
             token, payload = pending.popleft()
         op, out = _run(payload)
+        # answered at once, never batched: if a later job kills this process, every
+        # earlier answer has been sent, so the parent blames the right job (rule 1)
         chan.send(op, token, out)
 
 

@@ -72,18 +72,30 @@ class _Ticket:
 
 
 class _Worker:
-    __slots__ = ("proc", "writer", "assigned", "timer", "ready")
+    __slots__ = ("proc", "writer", "assigned", "timer", "ready", "outbuf", "pool")
 
-    def __init__(self, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter):
+    def __init__(self, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter,
+                 pool: CpuPool):
         self.proc = proc
         self.writer = writer
         self.assigned: deque[_Ticket] = deque()
         self.timer: asyncio.TimerHandle | None = None
         self.ready = False
+        self.outbuf = bytearray()
+        self.pool = pool
 
     def send(self, op: bytes, token: int, payload: bytes = b"") -> None:
-        if not self.writer.is_closing():
-            self.writer.write(wire.HEADER.pack(len(payload), op, token) + payload)
+        """Queue a frame; frames queued in one loop tick go out in one write."""
+        if not self.outbuf:
+            self.pool._dirty.append(self)
+            if len(self.pool._dirty) == 1:
+                asyncio.get_running_loop().call_soon(self.pool._flush)
+        self.outbuf += wire.HEADER.pack(len(payload), op, token) + payload
+
+    def flush(self) -> None:
+        if self.outbuf and not self.writer.is_closing():
+            self.writer.write(bytes(self.outbuf))
+        self.outbuf.clear()
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -119,13 +131,13 @@ class CpuPool:
 
     :param sink: receives exactly one report per started attempt
     :param workers: number of worker processes
-    :param prefetch: jobs a worker holds at once; 2 keeps it busy while its last answer
-        travels back
+    :param prefetch: jobs a worker holds at once: enough that it stays busy while a
+        batch of answers travels back and the refill comes
     :param env: the workers' environment (default: ours, minus the cluster secret)
     """
 
     def __init__(
-        self, sink: Sink, workers: int, *, prefetch: int = 2,
+        self, sink: Sink, workers: int, *, prefetch: int = 4,
         env: Mapping[str, str] | None = None,
     ) -> None:
         if workers < 1:
@@ -139,6 +151,8 @@ class CpuPool:
         self._tickets: dict[AttemptKey, _Ticket] = {}
         self._backlog: deque[_Ticket] = deque()
         self._live: list[_Worker] = []
+        #: workers with frames waiting for this tick's write
+        self._dirty: list[_Worker] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._tokens = itertools.count(1)
         self._pids: set[int] = set()
@@ -212,6 +226,8 @@ class CpuPool:
         self._backlog.clear()
         for worker in self._live:
             worker.send(wire.OP_STOP, 0)
+        self._flush()
+        for worker in self._live:
             with contextlib.suppress(OSError):
                 worker.writer.close()
         if self._tasks:
@@ -257,7 +273,7 @@ class CpuPool:
         self._pids.add(proc.pid)
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
-            worker = _Worker(proc, writer)
+            worker = _Worker(proc, writer, self)
             worker.send(wire.OP_INIT, 0, pickle.dumps(self._prep))
             start_error: ErrorInfo | None = None
             try:
@@ -351,6 +367,11 @@ class CpuPool:
             ticket = self._backlog.popleft()
             del self._tickets[ticket.key]
             self.sink.failed(ticket.key, error)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for worker in dirty:
+            worker.flush()
 
     def _kill(self, worker: _Worker) -> None:
         if worker.proc.returncode is None:
