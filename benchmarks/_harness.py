@@ -82,3 +82,7 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 
 def peak(runs: list[dict[str, float]], key: str) -> float:
     return max(r[key] for r in runs)
+
+
+def fastest(runs: list[dict[str, float]]) -> float:
+    return min(r["wall_s"] for r in runs)
