@@ -12,11 +12,9 @@ if TYPE_CHECKING:
     from .base import AttemptKey, Call, Sink
 
 
-class IoExecutor:
-    """Runs each attempt as a task on the running loop.
-
-    :param sink: receives exactly one report per started attempt
-    """
+class TaskExecutor:
+    """Runs each attempt in a task of its own, which ``cancel`` and ``aclose`` cancel.
+    Subclasses say what the task runs (``_run``) and report exactly once from it."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -25,6 +23,9 @@ class IoExecutor:
 
     def start(self, key: AttemptKey, call: Call) -> None:
         self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key, call))
+
+    async def _run(self, key: AttemptKey, call: Call) -> None:
+        raise NotImplementedError
 
     def cancel(self, key: AttemptKey) -> None:
         task = self._tasks.get(key)
@@ -40,6 +41,10 @@ class IoExecutor:
             task.cancel()
         if tasks:
             await asyncio.wait([t for _, t in tasks])
+
+
+class IoExecutor(TaskExecutor):
+    """Runs each attempt as a coroutine in a task on the running loop."""
 
     async def _run(self, key: AttemptKey, call: Call) -> None:
         try:

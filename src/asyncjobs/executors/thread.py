@@ -12,41 +12,29 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .base import error_info, timeout_info
+from .io import TaskExecutor
 
 if TYPE_CHECKING:
     from .base import AttemptKey, Call, Sink
 
 
-class ThreadExecutor:
+class ThreadExecutor(TaskExecutor):
     """Runs each attempt in a ``ThreadPoolExecutor`` of ``workers`` threads."""
 
     def __init__(self, sink: Sink, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"thread workers must be at least 1, not {workers}")
-        self.sink = sink
+        super().__init__(sink)
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
-        self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
-        self._cancelling: set[AttemptKey] = set()
 
     def start(self, key: AttemptKey, call: Call) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="asyncjobs")
-        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key, call))
-
-    def cancel(self, key: AttemptKey) -> None:
-        task = self._tasks.get(key)
-        if task is not None:
-            self._cancelling.add(key)
-            task.cancel()
+        super().start(key, call)
 
     async def aclose(self) -> None:
-        tasks = list(self._tasks.items())
-        for key, task in tasks:
-            self._cancelling.add(key)
-            task.cancel()
-        if tasks:
-            await asyncio.wait([t for _, t in tasks])
+        await super().aclose()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
