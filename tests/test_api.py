@@ -253,3 +253,14 @@ def test_bad_settings_are_refused() -> None:
         asyncjobs.job(kind="gpu")
     with pytest.raises(ValueError, match="retries"):
         asyncjobs.job(retries=-1)
+
+
+async def test_scheduler_log_records_failures_and_cancels() -> None:
+    async with Runner() as runner:
+        job = runner.submit(jobs.aio_sleep, 30)
+        with pytest.raises(JobFailed):
+            await runner.submit(jobs.aio_fail, "x")
+        job.cancel()
+        log = runner.engine.core.to_dict()["log"]
+    kinds = [entry[1] for entry in log]
+    assert "AttemptFailed" in kinds and "CancelRequested" in kinds

@@ -143,7 +143,7 @@ class Engine:
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
         """Cancel a job: it ends ``cancelled``; a running attempt is stopped for real."""
         if job_id in self._entries:
-            self._feed([CancelRequested(job_id, reason, self._now())])
+            self._feed([CancelRequested(job_id, reason, self._now(), f"cancel-{job_id}")])
 
     def status(self, job_id: str) -> JobStatus | None:
         return self.core.status(job_id)
@@ -184,10 +184,12 @@ class Engine:
         self._feed([AttemptSucceeded(key[0], key[1], result, self._now())])
 
     def failed(self, key: AttemptKey, error: ErrorInfo) -> None:
-        self._feed([AttemptFailed(key[0], key[1], error, self._now())])
+        stimulus = f"failed-{key[0]}-{key[1]}"
+        self._feed([AttemptFailed(key[0], key[1], error, self._now(), stimulus)])
 
     def cancelled(self, key: AttemptKey) -> None:
-        self._feed([AttemptCancelled(key[0], key[1], self._now())])
+        stimulus = f"cancelled-{key[0]}-{key[1]}"
+        self._feed([AttemptCancelled(key[0], key[1], self._now(), stimulus)])
 
     # -- driving the core -------------------------------------------------------------
 
@@ -247,4 +249,4 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._feed([Tick(self._now())])
+        self._feed([Tick(self._now(), "tick")])
