@@ -93,3 +93,27 @@ def hangs_first_time(marker: str) -> str:
         path.write_text(str(os.getpid()))
         time.sleep(30)
     return "second attempt"
+
+
+def square_unless(x: int, bad: int, how: str = "raise") -> int:
+    """x squared; item ``bad`` raises, or kills its worker when ``how == "crash"``."""
+    if x == bad:
+        if how == "crash":
+            os._exit(7)
+        raise ValueError(f"bad item {x}")
+    return x * x
+
+
+@asyncjobs.job(retries=1)
+def add_with_retries(a: int, b: int) -> int:
+    return a + b
+
+
+@asyncjobs.job(timeout=1)
+def hang_with_timeout(pid_file: str) -> None:
+    hang(pid_file)
+
+
+@asyncjobs.job(retries=3, backoff=0.01)
+def flaky_with_retries(counter_file: str, fail_times: int) -> int:
+    return flaky(counter_file, fail_times)

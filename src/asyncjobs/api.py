@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from .engine import Engine, Entry
 from .errors import AsyncJobsError, JobCancelled, JobFailed, JobTimeout, RunnerClosed
 from .executors.base import Call
+from .mapper import MapRun
 from .model import JobKind, JobStatus
 
 if TYPE_CHECKING:
@@ -339,59 +340,12 @@ class Runner:
             window = self._default_window(target.kind)
         elif window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
-        loop = asyncio.get_running_loop()
-        args_iter: Iterable[tuple[Any, ...]] = zip(*iterables, strict=False)
-        results: list[Any] = []
-        in_flight: dict[str, int] = {}
-        failure: list[AsyncJobsError] = []
-        wake: list[asyncio.Future[None]] = []
-
-        def on_done(done: JobFinished) -> None:
-            index = in_flight.pop(done.job_id)
-            if done.status is JobStatus.SUCCEEDED:
-                results[index] = done.result
-            else:
-                exc = exception_for(done)
-                if return_exceptions:
-                    results[index] = exc
-                elif not failure:
-                    failure.append(exc)
-            if wake and not wake[0].done():
-                wake[0].set_result(None)
-
-        it = iter(args_iter)
-        exhausted = False
-        ids = self._ids
-        name, kind, fn_, timeout_s = target.name, target.kind, target.fn, target.timeout_s
-        retries, backoff_s = target.retries, target.backoff_s
-        try:
-            while True:
-                if failure:
-                    raise failure[0]
-                room = window - len(in_flight)
-                if not exhausted and room > 0:
-                    batch = []
-                    for args in itertools.islice(it, room):
-                        job_id = f"{name}-{next(ids)}"
-                        in_flight[job_id] = len(results)
-                        results.append(None)
-                        batch.append(Entry(
-                            job_id, kind, on_done, call=Call(fn_, args, {}, timeout_s),
-                            retries=retries, backoff_s=backoff_s,
-                        ))
-                    exhausted = len(batch) < room
-                    if batch:
-                        engine.submit(*batch)
-                        continue
-                if not in_flight:
-                    return results
-                fut = loop.create_future()
-                wake[:] = [fut]
-                await fut
-        except BaseException:
-            for job_id in list(in_flight):
-                engine.cancel(job_id, "cancelled: its map() stopped early")
-            raise
+        return await MapRun(
+            engine, fn=target.fn, name=target.name, kind=target.kind,
+            timeout_s=target.timeout_s, retries=target.retries, backoff_s=target.backoff_s,
+            iterables=iterables, window=window, return_exceptions=return_exceptions,
+            ids=self._ids, exception_for=exception_for,
+        ).run()
 
     def _default_window(self, kind: JobKind) -> int:
         if kind is JobKind.CPU:

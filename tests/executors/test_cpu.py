@@ -60,9 +60,8 @@ async def test_segfault_names_the_signal() -> None:
 
 async def test_hung_job_past_timeout_has_its_worker_killed(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    hang = asyncjobs.job(timeout=1)(jobs.hang)
     async with Runner(cpu_workers=1) as runner:
-        job = runner.submit(hang, str(pid_file))
+        job = runner.submit(jobs.hang_with_timeout, str(pid_file))
         pid = int(await wait_for_file(pid_file))
         with pytest.raises(JobTimeout, match="killed"):
             await job
@@ -108,9 +107,8 @@ async def test_cancel_running_cpu_job_kills_its_worker(tmp_path: Path) -> None:
 
 
 async def test_retries_count_attempts_across_processes(tmp_path: Path) -> None:
-    flaky = asyncjobs.job(retries=3, backoff=0.01)(jobs.flaky)
     async with Runner(cpu_workers=2) as runner:
-        assert await runner.submit(flaky, str(tmp_path / "n"), 2) == 3
+        assert await runner.submit(jobs.flaky_with_retries, str(tmp_path / "n"), 2) == 3
 
 
 async def test_unpicklable_call_fails_at_once_without_retries() -> None:
