@@ -7,7 +7,8 @@ Rules:
    over a million items holds a bounded number of jobs (the result list still grows).
 2. CPU calls without a timeout or retries go to workers in chunks, so the per-job cost
    (scheduling, framing, a wake-up of each process) is paid once per chunk. Chunks start
-   at one item and grow to about ``TARGET_CHUNK_S`` of work, as measured by the workers;
+   at one item (two per worker in flight, until the first returns) and grow to about
+   ``TARGET_CHUNK_S`` of work, as measured by the workers;
    when the input's length is known, a chunk never exceeds a quarter of each worker's
    share, so the last chunks still spread over every worker.
 3. Each item keeps its own outcome: a failing item fails alone. A chunk that fails as a
@@ -90,6 +91,9 @@ class MapRun:
                 if self.failure is not None:
                     raise self.failure
                 room = self.window - len(self.in_flight)
+                if self.chunked and self.item_s is None:
+                    # probing: a few one-item chunks, until one says how long items take
+                    room = min(room, 2 * self.workers - len(self.in_flight))
                 if not exhausted and room > 0:
                     batch = self._next_batch(room)
                     exhausted = len(batch) < room
