@@ -26,9 +26,15 @@ UPPER = {"api", "engine", "cli", "daemons", "executors", "transport", "store", "
 
 def test_all_is_a_tuple_of_exactly_the_public_names() -> None:
     assert isinstance(asyncjobs.__all__, tuple)
-    public = {n for n in vars(asyncjobs) if not n.startswith("_")} - {"annotations"}
+    for name in asyncjobs.__all__:  # lazy ones load here
+        assert getattr(asyncjobs, name) is not None
+    public = {n for n in vars(asyncjobs) if not n.startswith("_")}
+    public -= {"annotations", "importlib", "TYPE_CHECKING", "Any"}
     modules = {n for n in public if type(getattr(asyncjobs, n)).__name__ == "module"}
     assert set(asyncjobs.__all__) == public - modules
+    assert set(asyncjobs.__all__) <= set(dir(asyncjobs))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        asyncjobs.Nope  # type: ignore[attr-defined]  # noqa: B018
     for name in ("Runner", "Job", "job", "JobFailed", "JobTimeout", "JobCancelled", "FlowError"):
         assert name in asyncjobs.__all__
     assert issubclass(asyncjobs.JobTimeout, asyncjobs.JobFailed)
@@ -88,7 +94,8 @@ def test_executors_do_not_reach_up_to_engine_or_api() -> None:
 
 
 def test_import_is_light() -> None:
-    heavy = ("aiohttp", "yaml", "rich")
+    # workers import the app's main module, and so this package, at every start
+    heavy = ("aiohttp", "yaml", "rich", "asyncio", "asyncjobs.engine")
     code = f"import sys, asyncjobs; print(sorted(m for m in {heavy} if m in sys.modules))"
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=python_env())
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
