@@ -9,12 +9,21 @@ from typing import TYPE_CHECKING, Any
 from .base import error_info, timeout_info
 
 if TYPE_CHECKING:
+    from ..model import ErrorInfo
     from .base import AttemptKey, Call, Sink
 
 
+class AttemptTimedOut(Exception):
+    """Raised by ``_attempt`` when the attempt ran past its timeout."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
 class TaskExecutor:
-    """Runs each attempt in a task of its own, which ``cancel`` and ``aclose`` cancel.
-    Subclasses say what the task runs (``_run``) and report exactly once from it."""
+    """Runs each attempt in a task of its own, which ``cancel`` and ``aclose`` cancel,
+    and reports its end exactly once. Subclasses say how an attempt runs (``_attempt``)."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -24,8 +33,26 @@ class TaskExecutor:
     def start(self, key: AttemptKey, call: Call) -> None:
         self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key, call))
 
-    async def _run(self, key: AttemptKey, call: Call) -> None:
+    async def _attempt(self, call: Call) -> Any:
+        """Run the call; return its result, or raise (``AttemptTimedOut`` past its timeout)."""
         raise NotImplementedError
+
+    async def _run(self, key: AttemptKey, call: Call) -> None:
+        try:
+            result = await self._attempt(call)
+        except AttemptTimedOut as timed_out:
+            self.sink.failed(key, timed_out.info)
+        except asyncio.CancelledError:
+            if key not in self._cancelling:
+                raise
+            self.sink.cancelled(key)
+        except Exception as exc:
+            self.sink.failed(key, error_info(exc))
+        else:
+            self.sink.succeeded(key, result)
+        finally:
+            del self._tasks[key]
+            self._cancelling.discard(key)
 
     def cancel(self, key: AttemptKey) -> None:
         task = self._tasks.get(key)
@@ -46,32 +73,17 @@ class TaskExecutor:
 class IoExecutor(TaskExecutor):
     """Runs each attempt as a coroutine in a task on the running loop."""
 
-    async def _run(self, key: AttemptKey, call: Call) -> None:
+    async def _attempt(self, call: Call) -> Any:
+        if call.timeout_s is None:
+            return await _invoke(call)
+        scope = asyncio.timeout(call.timeout_s)
         try:
-            if call.timeout_s is None:
-                result = await _invoke(call)
-            else:
-                scope = asyncio.timeout(call.timeout_s)
-                try:
-                    async with scope:
-                        result = await _invoke(call)
-                except TimeoutError as exc:
-                    if not scope.expired():
-                        raise
-                    self.sink.failed(key, timeout_info(call.timeout_s))
-                    del exc
-                    return
-        except asyncio.CancelledError:
-            if key not in self._cancelling:
-                raise
-            self.sink.cancelled(key)
-        except Exception as exc:
-            self.sink.failed(key, error_info(exc))
-        else:
-            self.sink.succeeded(key, result)
-        finally:
-            del self._tasks[key]
-            self._cancelling.discard(key)
+            async with scope:
+                return await _invoke(call)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the job's own TimeoutError: a failure like any other
+            raise AttemptTimedOut(timeout_info(call.timeout_s)) from None
 
 
 async def _invoke(call: Call) -> Any:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .base import error_info, timeout_info
-from .io import TaskExecutor
+from .base import timeout_info
+from .io import AttemptTimedOut, TaskExecutor
 
 if TYPE_CHECKING:
     from .base import AttemptKey, Call, Sink
@@ -38,30 +38,16 @@ class ThreadExecutor(TaskExecutor):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, key: AttemptKey, call: Call) -> None:
-        loop = asyncio.get_running_loop()
-        fn = functools.partial(call.fn, *call.args, **call.kwargs)
+    async def _attempt(self, call: Call) -> Any:
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(call.fn, *call.args, **call.kwargs)
+        )
+        if call.timeout_s is None:
+            return await fut
         try:
-            fut = loop.run_in_executor(self._pool, fn)
-            if call.timeout_s is None:
-                result = await fut
-            else:
-                try:
-                    result = await asyncio.wait_for(fut, call.timeout_s)
-                except TimeoutError:
-                    if not fut.cancelled():
-                        raise  # the call itself raised TimeoutError
-                    detail = "; its thread cannot be stopped and finishes in the background"
-                    self.sink.failed(key, timeout_info(call.timeout_s, detail))
-                    return
-        except asyncio.CancelledError:
-            if key not in self._cancelling:
-                raise
-            self.sink.cancelled(key)
-        except Exception as exc:
-            self.sink.failed(key, error_info(exc))
-        else:
-            self.sink.succeeded(key, result)
-        finally:
-            del self._tasks[key]
-            self._cancelling.discard(key)
+            return await asyncio.wait_for(fut, call.timeout_s)
+        except TimeoutError:
+            if not fut.cancelled():
+                raise  # the call itself raised TimeoutError
+            detail = "; its thread cannot be stopped and finishes in the background"
+            raise AttemptTimedOut(timeout_info(call.timeout_s, detail)) from None
