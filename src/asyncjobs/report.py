@@ -1,0 +1,132 @@
+"""What a flow run leaves behind: per-job records, the JSON report and the summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .model import JobStatus
+
+SLOWEST_SHOWN = 5
+FAILURES_SHOWN = 20
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One job of a flow run (one item, for a ``foreach`` job)."""
+
+    #: e.g. ``"setup"`` or ``"create[17]"``
+    id: str
+    #: the job's name in the file (``"create"`` for ``"create[17]"``)
+    job: str
+    status: JobStatus = JobStatus.PENDING
+    attempts: int = 0
+    node: str = "local"
+    #: wall-clock seconds (epoch) of the first attempt's start and of the end
+    started: float | None = None
+    ended: float | None = None
+    #: the first line of the last error
+    error: str | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "job": self.job, "status": self.status.value,
+            "attempts": self.attempts, "node": self.node, "start": _iso(self.started),
+            "end": _iso(self.ended), "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class FlowReport:
+    """The outcome of one run of a flow.
+
+    ``ok`` is true when every job succeeded (``asyncjobs run`` exits 0).
+    """
+
+    name: str
+    path: str
+    started: float
+    ended: float | None = None
+    records: list[JobRecord] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((s.value for s in JobStatus), 0)
+        for record in self.records:
+            counts[record.status.value] += 1
+        return counts
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(
+            r.status is JobStatus.SUCCEEDED for r in self.records
+        )
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended or self.started) - self.started
+
+    def slowest(self, n: int = SLOWEST_SHOWN) -> list[JobRecord]:
+        timed = [r for r in self.records if r.duration_s is not None]
+        return sorted(timed, key=lambda r: r.duration_s or 0.0, reverse=True)[:n]
+
+    def failures(self) -> list[JobRecord]:
+        bad = (JobStatus.FAILED, JobStatus.CANCELLED)
+        return [r for r in self.records if r.status in bad]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "flow": self.name, "file": self.path, "ok": self.ok,
+            "interrupted": self.interrupted, "start": _iso(self.started),
+            "end": _iso(self.ended), "wall_s": round(self.wall_s, 3),
+            "counts": self.counts, "jobs": [r.to_json() for r in self.records],
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        """Write the report as JSON (parent folders are created)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def summary_lines(self) -> list[str]:
+        """The end-of-run summary: counts, wall time, throughput, slowest jobs, failures."""
+        counts = self.counts
+        done = sum(counts[s] for s in ("succeeded", "failed", "cancelled"))
+        rate = done / self.wall_s if self.wall_s > 0 else 0.0
+        shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        head = "interrupted" if self.interrupted else ("ok" if self.ok else "FAILED")
+        lines = [
+            f"{self.name}: {head} — {shown or 'no jobs'}",
+            f"wall time {self.wall_s:.2f} s, {rate:,.1f} jobs/s",
+        ]
+        slowest = self.slowest()
+        if slowest:
+            lines.append("slowest: " + ", ".join(
+                f"{r.id} {r.duration_s:.2f}s" for r in slowest
+            ))
+        failures = self.failures()
+        for record in failures[:FAILURES_SHOWN]:
+            tries = f" after {record.attempts} attempts" if record.attempts > 1 else ""
+            lines.append(f"  {record.status.value} {record.id}{tries}: {record.error or ''}")
+        if len(failures) > FAILURES_SHOWN:
+            lines.append(f"  ... and {len(failures) - FAILURES_SHOWN} more (see --report)")
+        skipped = counts["skipped"]
+        if skipped:
+            lines.append(f"  {skipped} skipped because a job they need did not succeed")
+        return lines

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from asyncjobs.model import JobStatus as S
+from asyncjobs.report import FlowReport, JobRecord
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def sample() -> FlowReport:
+    report = FlowReport("create-flows", "jobs.yaml", started=1000.0, ended=1010.0)
+    report.records = [
+        JobRecord("setup", "setup", S.SUCCEEDED, 1, started=1000.0, ended=1000.5),
+        JobRecord("create[0]", "create", S.SUCCEEDED, 1, started=1001.0, ended=1004.0),
+        JobRecord("create[1]", "create", S.FAILED, 3, started=1001.0, ended=1009.0,
+                  error="HttpStatusError: POST http://x/flows answered 500"),
+        JobRecord("check", "check", S.SKIPPED, 0, error="Skipped: needs create"),
+    ]
+    return report
+
+
+def test_counts_and_ok() -> None:
+    report = sample()
+    assert report.counts["succeeded"] == 2 and report.counts["failed"] == 1
+    assert report.counts["skipped"] == 1 and not report.ok
+    assert report.wall_s == 10.0
+
+
+def test_json_report_has_the_promised_fields(tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "report.json"
+    sample().write_json(out)
+    data = json.loads(out.read_text())
+    job = data["jobs"][2]
+    assert set(job) >= {"id", "status", "attempts", "node", "start", "end", "error"}
+    assert job["id"] == "create[1]" and job["status"] == "failed" and job["attempts"] == 3
+    assert job["start"] == "1970-01-01T00:16:41.000+00:00" and job["node"] == "local"
+    assert data["counts"]["failed"] == 1 and data["ok"] is False
+
+
+def test_summary_names_slowest_and_each_failure() -> None:
+    lines = sample().summary_lines()
+    assert lines[0] == "create-flows: FAILED — 2 succeeded, 1 failed, 1 skipped"
+    assert lines[1] == "wall time 10.00 s, 0.3 jobs/s"
+    assert lines[2].startswith("slowest: create[1] 8.00s, create[0] 3.00s")
+    assert "  failed create[1] after 3 attempts: HttpStatusError: POST" in lines[3]
+    assert "1 skipped" in lines[4]
