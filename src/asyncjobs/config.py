@@ -1,0 +1,37 @@
+"""Settings values written by people: durations ("30s", "500ms") and rates ("200/s")."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+        "h": 3600.0, "hour": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30``, ``2.5``, ``"30s"``, ``"500ms"``, ``"2m"`` or ``"1h"``.
+
+    :raises ValueError: for anything else, or a bool
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30 or '30s', got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _SECONDS[m.group(2) or "s"]
+    raise ValueError(f"expected a duration like 30, '30s', '500ms' or '2m', got {value!r}")
+
+
+def parse_rate(value: object) -> float:
+    """Events per second from ``"200/s"``, ``"10/m"`` or ``"5/h"``.
+
+    :raises ValueError: for anything else, or a rate that is not above zero
+    """
+    if isinstance(value, str) and (m := _RATE.match(value)):
+        rate = float(m.group(1)) / _PER[m.group(2)]
+        if rate > 0:
+            return rate
+    raise ValueError(f"expected a rate above zero like '200/s', '10/m' or '5/h', got {value!r}")

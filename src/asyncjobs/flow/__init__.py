@@ -1,0 +1,1 @@
+"""jobs.yaml: loading, validation, templates and planning. Pure: no IO but reading files."""

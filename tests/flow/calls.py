@@ -1,0 +1,26 @@
+"""Call targets for flow tests: imported by name, as a flow's `call:` does."""
+
+from __future__ import annotations
+
+import asyncjobs
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+async def fetch(x: object = None) -> object:
+    return x
+
+
+@asyncjobs.job(kind="thread", retries=2, timeout=9)
+def marked(x: int) -> int:
+    return x
+
+
+def fails(message: str) -> None:
+    raise RuntimeError(message)
