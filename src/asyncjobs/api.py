@@ -18,10 +18,12 @@ from .marks import DEFAULTS_ATTR
 from .model import JobKind, JobStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+    from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+    from pathlib import Path
     from types import TracebackType
 
     from .core.commands import JobFinished
+    from .report import FlowReport
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -283,6 +285,30 @@ class Runner:
             iterables=iterables, window=window, return_exceptions=return_exceptions,
             ids=self._ids, exception_for=exception_for,
         ).run()
+
+    async def run_flow(
+        self,
+        path: str | Path,
+        *,
+        params: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> FlowReport:
+        """Run a jobs.yaml flow on this runner and return its report.
+
+        :param params: overrides of the file's ``params`` (text is coerced to each
+            default's type, as ``--param`` is)
+        :param env: what templates see as ``env`` and shell jobs inherit (default: ours)
+        :returns: the ``FlowReport``; ``report.ok`` is true when every job succeeded
+        :raises FlowError: for an invalid file, before anything runs
+        :raises RunnerClosed: if the runner is not open
+        """
+        from .flow.loader import load_flow
+        from .flow.plan import plan_flow
+        from .flowrun import FlowRun
+
+        engine = self.engine
+        plan = plan_flow(load_flow(path, params))
+        return await FlowRun(engine, plan, env=os.environ if env is None else env).run()
 
     def _default_window(self, kind: JobKind) -> int:
         if kind is JobKind.CPU:

@@ -39,8 +39,8 @@ KIND_LIMIT = {JobKind.IO: "@io", JobKind.CPU: "@cpu", JobKind.THREAD: "@thread"}
 class Entry:
     """What the engine keeps for a job until it finishes."""
 
-    __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "limits", "retries",
-                 "backoff_s", "needs", "remember")
+    __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "on_start", "limits",
+                 "retries", "backoff_s", "needs", "remember")
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class Entry:
         limits: tuple[str, ...] = (),
         needs: tuple[str, ...] = (),
         remember: bool = False,
+        on_start: Callable[[int], None] | None = None,
     ) -> None:
         if (call is None) == (prepare is None):
             raise ValueError("give exactly one of call= and prepare=")
@@ -64,6 +65,8 @@ class Entry:
         #: builds the call when an attempt starts (flows render templates then)
         self.prepare = prepare
         self.on_done = on_done
+        #: called with the attempt number as each attempt starts
+        self.on_start = on_start
         self.limits = (KIND_LIMIT[kind], *limits)
         self.retries = retries
         self.backoff_s = backoff_s
@@ -139,6 +142,19 @@ class Engine:
                 if self.core.status(entry.job_id) is None:
                     self._entries.pop(entry.job_id, None)
             raise
+
+    def add_limit(self, name: str, limit: Limit) -> None:
+        """Declare a named limit jobs may then hold.
+
+        :raises ValueError: if the name is taken
+        """
+        if name in self.core.limits:
+            raise ValueError(f"limit {name!r} is already defined")
+        self.core.limits[name] = limit
+
+    def remove_limit(self, name: str) -> None:
+        """Forget a named limit once no job holds or names it."""
+        self.core.limits.pop(name, None)
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
         """Cancel a job: it ends ``cancelled``; a running attempt is stopped for real."""
@@ -217,6 +233,8 @@ class Engine:
             if kind is StartAttempt:
                 entry = entries[cmd.job_id]
                 key = (cmd.job_id, cmd.attempt)
+                if entry.on_start is not None:
+                    entry.on_start(cmd.attempt)
                 call = entry.call
                 if call is None:
                     assert entry.prepare is not None

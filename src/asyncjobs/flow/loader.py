@@ -122,13 +122,13 @@ def _coerce_param(name: str, raw: str, default: Any, ck: _Checker) -> Any:
 
 def load_flow(
     path: str | Path,
-    params_override: Mapping[str, str] | None = None,
+    params_override: Mapping[str, Any] | None = None,
     *,
     text: str | None = None,
 ) -> FlowSpec:
     """Read, parse and validate a flow file.
 
-    :param params_override: ``--param K=V`` values, as text; coerced to each default's type
+    :param params_override: ``--param K=V`` values; text is coerced to each default's type
     :param text: the file's text, if already read
     :raises FlowError: for the first problem found, with its line and key
     """
@@ -153,7 +153,7 @@ def load_flow(
         if k not in params:
             raise ck.fail("params", f"--param {k}: the flow declares no param {k!r}"
                           f"{_suggest(k, list(params))}")
-        params[k] = _coerce_param(k, raw, params[k], ck)
+        params[k] = _coerce_param(k, raw, params[k], ck) if isinstance(raw, str) else raw
 
     defaults = ck.mapping(top.get("defaults") or {}, "defaults", "defaults")
     ck.keys(defaults, DEFAULT_KEYS, "defaults", "defaults")

@@ -1,0 +1,249 @@
+"""Running a planned flow on the engine.
+
+Rules:
+
+1. A job starts once every job it needs has succeeded; if one did not, it is skipped, and
+   so are the jobs needing it. Other branches keep running.
+2. A ``foreach`` job's items are fed to the engine as room frees (at most ``window`` in
+   flight), so 100,000 items never mean 100,000 live jobs or coroutines.
+3. Templates are rendered when an attempt starts, from the results of the jobs it needs;
+   a template that names something missing fails that job, not the run.
+4. Results are kept only for jobs some template uses (``{{ results.JOB }}``); a foreach
+   job's result is the list of its items' results, in item order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .api import resolve_ref
+from .core.policy import Limit
+from .engine import Entry
+from .executors.base import Call
+from .executors.http import HttpClient
+from .executors.shell import run_shell
+from .flow.plan import count_items, item_id, iter_items
+from .flow.spec import CallAction, HttpAction, ShellAction
+from .flow.template import TemplateContext, render
+from .model import JobStatus
+from .report import FlowReport, JobRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from .core.commands import JobFinished
+    from .engine import Engine
+    from .flow.plan import FlowPlan
+    from .flow.spec import JobDef
+
+DEFAULT_WINDOW = 1024
+_NO_ITEM = object()
+_DID_NOT_SUCCEED = frozenset({JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.CANCELLED})
+
+
+class _Running:
+    """One job of the file while its items run."""
+
+    __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted")
+
+    def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool) -> None:
+        self.job = job
+        self.items = items
+        self.next_index = 0
+        self.in_flight = 0
+        self.failed = False
+        self.exhausted = False
+        self.results: list[Any] | None = [] if keep_results else None
+
+
+class FlowRun:
+    """Runs one flow plan on an engine; ``report`` fills in as jobs end.
+
+    :param env: the environment templates see as ``env`` and shell jobs inherit
+    """
+
+    def __init__(self, engine: Engine, plan: FlowPlan, *, env: Mapping[str, str]) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.spec = plan.spec
+        self.env = dict(env)
+        self.child_env = {k: v for k, v in self.env.items() if k != "ASYNCJOBS_SECRET"}
+        self.report = FlowReport(self.spec.name, self.spec.path, started=time.time())
+        self.total = sum(count_items(self.spec.jobs[n], self.spec, self.env) for n in plan.order)
+        self.results: dict[str, Any] = {}
+        self.done = 0
+        self.failed = 0
+        self.running = 0
+        self._status: dict[str, JobStatus] = {}
+        self._active: dict[str, _Running] = {}
+        self._http = HttpClient()
+        self._wake: asyncio.Event | None = None
+
+    async def run(self) -> FlowReport:
+        """Run every job; return the report (also on cancellation, marked interrupted).
+
+        :raises asyncio.CancelledError: after cancelling what runs, when cancelled
+        """
+        self._wake = asyncio.Event()
+        for name, lim in self.spec.limits.items():
+            self.engine.add_limit(name, Limit(concurrency=lim.concurrency,
+                                              rate_per_s=lim.rate_per_s))
+        try:
+            self._start_ready()
+            while not all(self._status.get(n, JobStatus.PENDING).terminal
+                          for n in self.plan.order):
+                await self._wake.wait()
+                self._wake.clear()
+                for running in list(self._active.values()):
+                    self._feed(running)
+                self._start_ready()
+        except BaseException:
+            self.report.interrupted = True
+            for rec in self.report.records:
+                if not rec.status.terminal:
+                    self.engine.cancel(rec.id, "cancelled: the run was interrupted")
+            raise
+        finally:
+            self.report.ended = time.time()
+            await self._http.aclose()
+            if not self._active:
+                for name in self.spec.limits:
+                    self.engine.remove_limit(name)
+        return self.report
+
+    # -- jobs of the file -------------------------------------------------------------
+
+    def _start_ready(self) -> None:
+        for name in self.plan.order:
+            if name in self._status:
+                continue
+            needs = self.plan.needs[name]
+            bad = [n for n in needs if self._status.get(n) in _DID_NOT_SUCCEED]
+            if bad:
+                self._skip(name, bad[0])
+            elif all(self._status.get(n) is JobStatus.SUCCEEDED for n in needs):
+                self._start(name)
+
+    def _skip(self, name: str, cause: str) -> None:
+        self._status[name] = JobStatus.SKIPPED
+        n = count_items(self.spec.jobs[name], self.spec, self.env)
+        self.done += n
+        self.report.records.append(JobRecord(
+            name, name, JobStatus.SKIPPED,
+            error=f"Skipped: needs {cause}, which did not succeed",
+        ))
+        self._wake_up()
+
+    def _start(self, name: str) -> None:
+        job = self.spec.jobs[name]
+        self._status[name] = JobStatus.RUNNING
+        items: Iterator[Any] = (
+            iter_items(job, self.spec, self.env) if job.foreach is not None
+            else iter((_NO_ITEM,))
+        )
+        running = _Running(job, items, name in self.plan.results_used)
+        self._active[name] = running
+        self._feed(running)
+
+    def _window(self, job: JobDef) -> int:
+        if job.limit is None:
+            return DEFAULT_WINDOW
+        conc = self.spec.limits[job.limit].concurrency
+        return DEFAULT_WINDOW if conc is None else max(64, 2 * conc)
+
+    def _feed(self, running: _Running) -> None:
+        room = self._window(running.job) - running.in_flight
+        batch = []
+        while room > 0 and not running.exhausted:
+            try:
+                item = next(running.items)
+            except StopIteration:
+                running.exhausted = True
+                break
+            batch.append(self._entry(running, running.next_index, item))
+            running.next_index += 1
+            running.in_flight += 1
+            room -= 1
+        if batch:
+            self.engine.submit(*batch)
+        self._maybe_finished(running)
+
+    def _maybe_finished(self, running: _Running) -> None:
+        if not running.exhausted or running.in_flight:
+            return
+        name = running.job.name
+        del self._active[name]
+        ok = not running.failed
+        self._status[name] = JobStatus.SUCCEEDED if ok else JobStatus.FAILED
+        if ok and running.results is not None:
+            self.results[name] = (
+                running.results if running.job.foreach is not None else running.results[0]
+            )
+        self._wake_up()
+
+    # -- items ------------------------------------------------------------------------
+
+    def _entry(self, running: _Running, index: int, item: Any) -> Entry:
+        job = running.job
+        job_id = item_id(job.name, index) if job.foreach is not None else job.name
+        record = JobRecord(job_id, job.name)
+        self.report.records.append(record)
+        if running.results is not None:
+            running.results.append(None)
+
+        def on_start(attempt: int) -> None:
+            if attempt == 1:
+                record.started = time.time()
+                self.running += 1
+            record.status = JobStatus.RUNNING
+
+        def on_done(done: JobFinished) -> None:
+            if record.status is JobStatus.RUNNING:
+                self.running -= 1
+            record.status = done.status
+            record.attempts = done.attempts
+            record.ended = time.time()
+            if done.error is not None:
+                record.error = done.error.first_line
+            self.done += 1
+            if done.status is JobStatus.SUCCEEDED:
+                if running.results is not None:
+                    running.results[index] = done.result
+            else:
+                running.failed = True
+                self.failed += 1
+            running.in_flight -= 1
+            self._wake_up()
+
+        return Entry(
+            job_id, job.kind, on_done, prepare=lambda _attempt: self._call(job, item),
+            retries=job.retries, backoff_s=job.backoff_s,
+            limits=(job.limit,) if job.limit else (), on_start=on_start,
+        )
+
+    def _call(self, job: JobDef, item: Any) -> Call:
+        ctx = TemplateContext(self.spec.params, self.env, self.results,
+                              *(() if item is _NO_ITEM else (item,)))
+        action = job.action
+        if isinstance(action, CallAction):
+            args = tuple(render(job.args, ctx))
+            kwargs = render(job.kwargs, ctx)
+            return Call(resolve_ref(action.ref), args, kwargs, job.timeout_s)
+        if isinstance(action, ShellAction):
+            env = dict(self.child_env)
+            env.update({str(k): str(v) for k, v in render(job.env, ctx).items()})
+            cwd = render(job.cwd, ctx) if job.cwd else os.path.dirname(self.spec.path) or None
+            return Call(run_shell, (render(action.command, ctx),), {"env": env, "cwd": cwd},
+                        job.timeout_s)
+        assert isinstance(action, HttpAction)
+        return Call(self._http.request, (action.method, render(action.url, ctx)), {
+            "json": render(action.json, ctx), "data": render(action.data, ctx),
+            "headers": render(action.headers, ctx), "expect": action.expect,
+        }, job.timeout_s)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
