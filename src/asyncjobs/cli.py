@@ -1,11 +1,26 @@
-"""The ``asyncjobs`` command: argv in, exit code out."""
+"""The ``asyncjobs`` command: argv in, exit code out.
+
+Exit codes: 0 every job succeeded; 1 a job failed or was skipped; 2 bad input or
+configuration; 130 interrupted (Ctrl-C or SIGTERM: running jobs are cancelled, their
+subprocesses killed, and the summary is still printed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__
+from .errors import FlowError
+
+if TYPE_CHECKING:
+    from .flow.plan import FlowPlan
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,15 +29,114 @@ def build_parser() -> argparse.ArgumentParser:
         description="An asyncio job runner: IO jobs as coroutines, CPU jobs on every core.",
     )
     parser.add_argument("--version", action="version", version=f"asyncjobs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="run a jobs.yaml flow",
+                              description="Run a jobs.yaml flow, embedded in this process.")
+    run.add_argument("file", metavar="FILE", help="the flow file (jobs.yaml)")
+    run.add_argument("--param", action="append", default=[], metavar="K=V",
+                     help="override a param of the file (repeatable)")
+    run.add_argument("--cpu-workers", type=int, metavar="N",
+                     help="worker processes for cpu jobs (default: the usable cores)")
+    run.add_argument("--loops", type=int, default=1, metavar="N",
+                     help="event loops (more than 1 comes with loop nodes)")
+    run.add_argument("--connect", metavar="HOST:PORT",
+                     help="submit to a coordinator instead of running embedded")
+    run.add_argument("--report", metavar="PATH.json", help="write a JSON report of every job")
+    run.add_argument("--resume", action="store_true",
+                     help="skip the jobs that succeeded in the last run of this file")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate and print the plan; run nothing")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress; print the summary only when something failed")
     return parser
+
+
+def _fail(message: str) -> int:
+    print(f"asyncjobs: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _params(pairs: list[str]) -> dict[str, str] | str:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            return f"--param takes K=V, got {pair!r}"
+        params[key.strip()] = value
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .flow.loader import load_flow
+    from .flow.plan import describe_plan, plan_flow
+
+    if args.connect:
+        return _fail("--connect needs a coordinator, which this version does not have yet; "
+                     "run without it to run embedded")
+    if args.loops != 1:
+        return _fail(f"--loops {args.loops}: an embedded run drives one event loop; several "
+                     "loops per machine come with loop nodes (asyncjobs node --loops N)")
+    if args.cpu_workers is not None and args.cpu_workers < 1:
+        return _fail(f"--cpu-workers must be at least 1, not {args.cpu_workers}")
+    params = _params(args.param)
+    if isinstance(params, str):
+        return _fail(params)
+    try:
+        plan = plan_flow(load_flow(args.file, params))
+        if args.dry_run:
+            print(describe_plan(plan, os.environ))
+            return EXIT_OK
+    except FlowError as exc:
+        return _fail(str(exc))
+    from .api import run
+
+    return run(lambda: _run_flow(plan, args))
+
+
+async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
+    from .api import Runner
+    from .flowrun import FlowRun
+    from .progress import Progress
+
+    loop = asyncio.get_running_loop()
+    async with Runner(cpu_workers=args.cpu_workers) as runner:
+        flow = FlowRun(runner.engine, plan, env=os.environ)
+        task = asyncio.ensure_future(flow.run())
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, task.cancel)
+        progress = None if args.quiet else Progress(flow)
+        if progress is not None:
+            progress.start()
+        try:
+            await asyncio.wait([task])
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            if progress is not None:
+                await progress.stop()
+        interrupted = task.cancelled()
+        if not interrupted:
+            task.result()  # a bug in the run itself surfaces here
+    report = flow.report
+    if not args.quiet or not report.ok:
+        for line in report.summary_lines():
+            print(line, file=sys.stderr)
+    if args.report:
+        report.write_json(args.report)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
     parser.print_help(sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":  # pragma: no cover
