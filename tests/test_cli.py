@@ -1,0 +1,126 @@
+"""`asyncjobs run` as a user runs it: a real subprocess, its exit code and output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import textwrap
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .conftest import PYTHON, python_env
+from .procs import wait_until_gone_sync
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.usefixtures("no_leftover_children")
+
+
+def flow_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def asyncjobs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "asyncjobs", *args], capture_output=True, text=True,
+                          env=python_env(), timeout=timeout)
+
+
+def test_success_exits_0_with_summary_and_report(tmp_path: Path) -> None:
+    path = flow_file(tmp_path, """
+        name: sums
+        params: {n: 3}
+        jobs:
+          setup: {shell: "echo ready"}
+          square:
+            needs: [setup]
+            foreach: {range: "{{ params.n }}"}
+            call: tests.jobs:square
+            args: ["{{ item }}"]
+    """)
+    report = tmp_path / "out" / "report.json"
+    r = asyncjobs("run", str(path), "--param", "n=4", "--report", str(report), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # --quiet and all is well: nothing to say
+    data = json.loads(report.read_text())
+    assert [j["id"] for j in data["jobs"]] == ["setup"] + [f"square[{i}]" for i in range(4)]
+    for job in data["jobs"]:
+        assert job["status"] == "succeeded" and job["attempts"] == 1 and job["node"] == "local"
+        assert job["start"] <= job["end"] and job["error"] is None
+    r = asyncjobs("run", str(path))
+    assert r.returncode == 0 and "sums: ok — 4 succeeded" in r.stderr
+
+
+def test_failure_exits_1_and_names_it(tmp_path: Path) -> None:
+    path = flow_file(tmp_path, """
+        jobs:
+          broken: {shell: "echo 'disk full' >&2; exit 4"}
+          after: {needs: [broken], shell: "true"}
+          other: {shell: "true"}
+    """)
+    r = asyncjobs("run", str(path))
+    assert r.returncode == 1
+    assert "1 succeeded, 1 failed, 1 skipped" in r.stderr
+    assert "failed broken: ShellFailed: exit code 4: disk full" in r.stderr
+
+
+def test_bad_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = flow_file(tmp_path, f"""
+        jobs:
+          a: {{shell: "touch {marker}"}}
+          b:
+            shell: "true"
+            neds: [a]
+    """)
+    r = asyncjobs("run", str(path))
+    assert r.returncode == 2 and not marker.exists()
+    assert f"{path}:5 (jobs.b.neds): unknown key 'neds'" in r.stderr
+    assert "did you mean 'needs'?" in r.stderr
+    assert asyncjobs("run", str(tmp_path / "missing.yaml")).returncode == 2
+    assert asyncjobs("run", str(path), "--param", "novalue").returncode == 2
+    assert asyncjobs("run", str(path), "--loops", "2").returncode == 2
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = flow_file(tmp_path, f"""
+        limits: {{api: 5}}
+        jobs:
+          a: {{shell: "touch {marker}"}}
+          b: {{needs: [a], foreach: {{range: 7}}, limit: api, shell: "touch {marker}"}}
+    """)
+    r = asyncjobs("run", str(path), "--dry-run")
+    assert r.returncode == 0 and not marker.exists()
+    assert "2 jobs, 8 runs" in r.stdout and "x7" in r.stdout and "api: concurrency 5" in r.stdout
+
+
+def test_ctrl_c_cancels_kills_and_still_summarises(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    path = flow_file(tmp_path, f"""
+        jobs:
+          quick: {{shell: "true"}}
+          slow: {{shell: "echo $$ > {pid_file}; sleep 60"}}
+    """)
+    with subprocess.Popen([PYTHON, "-m", "asyncjobs", "run", str(path)], env=python_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 20
+            while not (pid_file.exists() and pid_file.read_text().strip()):
+                assert time.monotonic() < deadline, "the slow job never started"
+                time.sleep(0.02)
+            shell_pid = int(pid_file.read_text())
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "1 succeeded, 1 cancelled" in stderr
+    wait_until_gone_sync([shell_pid], deadline_s=2)
