@@ -47,3 +47,9 @@ def test_summary_names_slowest_and_each_failure() -> None:
     assert lines[2].startswith("slowest: create[1] 8.00s, create[0] 3.00s")
     assert "  failed create[1] after 3 attempts: HttpStatusError: POST" in lines[3]
     assert "1 skipped" in lines[4]
+
+
+def test_summary_ends_with_short_final_results() -> None:
+    report = sample()
+    report.results = {"pi": 3.14159, "big": "x" * 500, "none": None}
+    assert report.summary_lines()[-1] == "pi = 3.14159"

@@ -66,6 +66,14 @@ def _params(pairs: list[str]) -> dict[str, str] | str:
     return params
 
 
+def _importable_from(*folders: str) -> None:
+    """Let ``call: module:attr`` find modules in the current folder and beside the flow
+    file, as ``python -m`` would; worker processes inherit this ``sys.path``."""
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .flow.loader import load_flow
     from .flow.plan import describe_plan, plan_flow
@@ -81,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = _params(args.param)
     if isinstance(params, str):
         return _fail(params)
+    _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
     try:
         plan = plan_flow(load_flow(args.file, params))
         if args.dry_run:

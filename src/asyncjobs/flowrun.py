@@ -144,7 +144,8 @@ class FlowRun:
             iter_items(job, self.spec, self.env) if job.foreach is not None
             else iter((_NO_ITEM,))
         )
-        running = _Running(job, items, name in self.plan.results_used)
+        keep = name in self.plan.results_used or name in self.plan.finals
+        running = _Running(job, items, keep)
         self._active[name] = running
         self._feed(running)
 
@@ -182,6 +183,8 @@ class FlowRun:
             self.results[name] = (
                 running.results if running.job.foreach is not None else running.results[0]
             )
+            if name in self.plan.finals:
+                self.report.results[name] = self.results[name]
         self._wake_up()
 
     # -- items ------------------------------------------------------------------------

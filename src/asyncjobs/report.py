@@ -12,6 +12,8 @@ from .model import JobStatus
 
 SLOWEST_SHOWN = 5
 FAILURES_SHOWN = 20
+#: a final job's result is shown in the summary when its text is at most this long
+RESULT_SHOWN_CHARS = 120
 
 
 def _iso(ts: float | None) -> str | None:
@@ -64,6 +66,8 @@ class FlowReport:
     ended: float | None = None
     records: list[JobRecord] = field(default_factory=list)
     interrupted: bool = False
+    #: results of the final jobs (those no other job needs), by job name
+    results: dict[str, Any] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -129,4 +133,8 @@ class FlowReport:
         skipped = counts["skipped"]
         if skipped:
             lines.append(f"  {skipped} skipped because a job they need did not succeed")
+        for name, value in self.results.items():
+            text = value if isinstance(value, str) else repr(value)
+            if value is not None and len(text) <= RESULT_SHOWN_CHARS and "\n" not in text:
+                lines.append(f"{name} = {text}")
         return lines

@@ -29,6 +29,8 @@ class FlowPlan:
     needs: dict[str, tuple[str, ...]]
     #: jobs whose results some template uses (only these results are kept)
     results_used: frozenset[str]
+    #: jobs nothing needs and without foreach: their results end the summary
+    finals: frozenset[str] = frozenset()
 
 
 def plan_flow(spec: FlowSpec) -> FlowPlan:
@@ -51,7 +53,10 @@ def plan_flow(spec: FlowSpec) -> FlowPlan:
         order.extend(ready)
         placed.update(ready)
         remaining = [j for j in remaining if j not in placed]
-    return FlowPlan(spec, tuple(order), needs, frozenset(used))
+    needed = {n for ns in needs.values() for n in ns}
+    finals = frozenset(n for n, job in spec.jobs.items()
+                       if n not in needed and job.foreach is None)
+    return FlowPlan(spec, tuple(order), needs, frozenset(used), finals)
 
 
 def _refs(job: JobDef) -> list[Any]:
