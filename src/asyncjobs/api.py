@@ -292,12 +292,16 @@ class Runner:
         *,
         params: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
+        resume: bool = False,
     ) -> FlowReport:
-        """Run a jobs.yaml flow on this runner and return its report.
+        """Run a jobs.yaml flow on this runner and return its report. Its state is kept
+        in ``.asyncjobs/`` beside the file.
 
         :param params: overrides of the file's ``params`` (text is coerced to each
             default's type, as ``--param`` is)
         :param env: what templates see as ``env`` and shell jobs inherit (default: ours)
+        :param resume: skip the jobs that succeeded in the last run of the same file with
+            the same inputs
         :returns: the ``FlowReport``; ``report.ok`` is true when every job succeeded
         :raises FlowError: for an invalid file, before anything runs
         :raises RunnerClosed: if the runner is not open
@@ -305,10 +309,14 @@ class Runner:
         from .flow.loader import load_flow
         from .flow.plan import plan_flow
         from .flowrun import FlowRun
+        from .store import RunStore
 
         engine = self.engine
         plan = plan_flow(load_flow(path, params))
-        return await FlowRun(engine, plan, env=os.environ if env is None else env).run()
+        store = RunStore(path, plan.spec.name)
+        run = FlowRun(engine, plan, env=os.environ if env is None else env, store=store,
+                      resume=resume)
+        return await run.run()
 
     def _default_window(self, kind: JobKind) -> int:
         if kind is JobKind.CPU:

@@ -106,10 +106,12 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
     from .api import Runner
     from .flowrun import FlowRun
     from .progress import Progress
+    from .store import RunStore
 
     loop = asyncio.get_running_loop()
     async with Runner(cpu_workers=args.cpu_workers) as runner:
-        flow = FlowRun(runner.engine, plan, env=os.environ)
+        store = RunStore(args.file, plan.spec.name)
+        flow = FlowRun(runner.engine, plan, env=os.environ, store=store, resume=args.resume)
         task = asyncio.ensure_future(flow.run())
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:

@@ -27,9 +27,10 @@ from .executors.http import HttpClient
 from .executors.shell import run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
-from .flow.template import TemplateContext, render
+from .flow.template import TemplateContext, references, render
 from .model import JobStatus
 from .report import FlowReport, JobRecord
+from .store import fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .flow.plan import FlowPlan
     from .flow.spec import JobDef
+    from .store import Prior, RunStore
 
 DEFAULT_WINDOW = 1024
 _NO_ITEM = object()
@@ -47,10 +49,14 @@ _DID_NOT_SUCCEED = frozenset({JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.CAN
 class _Running:
     """One job of the file while its items run."""
 
-    __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted")
+    __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted",
+                 "digest")
 
-    def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool) -> None:
+    def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool,
+                 digest: str) -> None:
         self.job = job
+        #: fingerprint of the job's definition and of the inputs its templates use
+        self.digest = digest
         self.items = items
         self.next_index = 0
         self.in_flight = 0
@@ -65,8 +71,16 @@ class FlowRun:
     :param env: the environment templates see as ``env`` and shell jobs inherit
     """
 
-    def __init__(self, engine: Engine, plan: FlowPlan, *, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, engine: Engine, plan: FlowPlan, *, env: Mapping[str, str],
+        store: RunStore | None = None, resume: bool = False,
+    ) -> None:
         self.engine = engine
+        self.store = store
+        self.resume = resume
+        self._prior: Prior | None = None
+        #: jobs not run again because the last run had done them (``--resume``)
+        self.resumed = 0
         self.plan = plan
         self.spec = plan.spec
         self.env = dict(env)
@@ -88,6 +102,8 @@ class FlowRun:
         :raises asyncio.CancelledError: after cancelling what runs, when cancelled
         """
         self._wake = asyncio.Event()
+        if self.store is not None:
+            self._prior = await self.store.open(resume=self.resume)
         for name, lim in self.spec.limits.items():
             self.engine.add_limit(name, Limit(concurrency=lim.concurrency,
                                               rate_per_s=lim.rate_per_s))
@@ -109,6 +125,10 @@ class FlowRun:
         finally:
             self.report.ended = time.time()
             await self._http.aclose()
+            if self.store is not None:
+                status = "interrupted" if self.report.interrupted else (
+                    "ok" if self.report.ok else "failed")
+                await self.store.close(status)
             if not self._active:
                 for name in self.spec.limits:
                     self.engine.remove_limit(name)
@@ -145,7 +165,7 @@ class FlowRun:
             else iter((_NO_ITEM,))
         )
         keep = name in self.plan.results_used or name in self.plan.finals
-        running = _Running(job, items, keep)
+        running = _Running(job, items, keep, self._digest(job))
         self._active[name] = running
         self._feed(running)
 
@@ -164,10 +184,12 @@ class FlowRun:
             except StopIteration:
                 running.exhausted = True
                 break
-            batch.append(self._entry(running, running.next_index, item))
+            index = running.next_index
             running.next_index += 1
-            running.in_flight += 1
-            room -= 1
+            if not self._resumed(running, index, item):
+                batch.append(self._entry(running, index, item))
+                running.in_flight += 1
+                room -= 1
         if batch:
             self.engine.submit(*batch)
         self._maybe_finished(running)
@@ -187,6 +209,45 @@ class FlowRun:
                 self.report.results[name] = self.results[name]
         self._wake_up()
 
+    # -- resume -----------------------------------------------------------------------
+
+    def _digest(self, job: JobDef) -> str:
+        # foreach is left out: an item is itself whatever the fan-out's size
+        definition = {k: v for k, v in job.raw.items() if k != "foreach"}
+        refs = {(r.root, r.name) for r in references(definition)}
+        inputs = {
+            f"{root}.{name}": (self.spec.params.get(name) if root == "params"
+                               else self.env.get(name) if root == "env"
+                               else self.results.get(name) if root == "results" else None)
+            for root, name in sorted(refs) if root != "item"
+        }
+        return fingerprint(definition, None, inputs)
+
+    def _item_print(self, running: _Running, item: Any) -> str:
+        return fingerprint(running.digest, None if item is _NO_ITEM else item, None)
+
+    def _resumed(self, running: _Running, index: int, item: Any) -> bool:
+        """Skip an item the last run did with the same inputs (``--resume``)."""
+        if self._prior is None:
+            return False
+        job = running.job
+        job_id = item_id(job.name, index) if job.foreach is not None else job.name
+        print_ = self._item_print(running, item)
+        ok, result = self._prior.match(job_id, print_, running.results is not None)
+        if not ok:
+            return False
+        now = time.time()
+        self.report.records.append(JobRecord(job_id, job.name, JobStatus.SUCCEEDED, 0,
+                                             started=now, ended=now))
+        if running.results is not None:
+            running.results.append(result)
+        if self.store is not None:
+            self.store.record(job_id, job.name, print_, "succeeded", 0, now, now, None, result)
+        self.done += 1
+        self.resumed += 1
+        self.report.resumed += 1
+        return True
+
     # -- items ------------------------------------------------------------------------
 
     def _entry(self, running: _Running, index: int, item: Any) -> Entry:
@@ -203,6 +264,8 @@ class FlowRun:
                 self.running += 1
             record.status = JobStatus.RUNNING
 
+        print_ = self._item_print(running, item) if self.store is not None else ""
+
         def on_done(done: JobFinished) -> None:
             if record.status is JobStatus.RUNNING:
                 self.running -= 1
@@ -218,6 +281,9 @@ class FlowRun:
             else:
                 running.failed = True
                 self.failed += 1
+            if self.store is not None:
+                self.store.record(job_id, job.name, print_, done.status.value, done.attempts,
+                                  record.started, record.ended, record.error, done.result)
             running.in_flight -= 1
             self._wake_up()
 

@@ -68,6 +68,8 @@ class FlowReport:
     interrupted: bool = False
     #: results of the final jobs (those no other job needs), by job name
     results: dict[str, Any] = field(default_factory=dict)
+    #: jobs not run again because the last run had done them (``--resume``)
+    resumed: int = 0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -99,7 +101,8 @@ class FlowReport:
             "flow": self.name, "file": self.path, "ok": self.ok,
             "interrupted": self.interrupted, "start": _iso(self.started),
             "end": _iso(self.ended), "wall_s": round(self.wall_s, 3),
-            "counts": self.counts, "jobs": [r.to_json() for r in self.records],
+            "counts": self.counts, "resumed": self.resumed,
+            "jobs": [r.to_json() for r in self.records],
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -119,6 +122,8 @@ class FlowReport:
             f"{self.name}: {head} — {shown or 'no jobs'}",
             f"wall time {self.wall_s:.2f} s, {rate:,.1f} jobs/s",
         ]
+        if self.resumed:
+            lines.append(f"{self.resumed} resumed: done in the last run, not run again")
         slowest = self.slowest()
         if slowest:
             lines.append("slowest: " + ", ".join(

@@ -24,3 +24,11 @@ def marked(x: int) -> int:
 
 def fails(message: str) -> None:
     raise RuntimeError(message)
+
+
+class Opaque:
+    """A result msgpack cannot store."""
+
+
+def opaque() -> Opaque:
+    return Opaque()

@@ -1,0 +1,184 @@
+"""Run state in SQLite, for ``--resume``. The only module that imports sqlite3.
+
+Every run of a flow records its jobs in ``.asyncjobs/state.db`` beside the flow file
+(WAL mode). ``--resume`` reads the last run of the same file: a job it recorded as
+succeeded, with the same fingerprint (definition, item and the inputs its templates
+use), is not run again; its stored result is carried into the new run, so the run
+after that can resume from it too.
+
+All SQLite calls run on one thread of their own, so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+STATE_DIR = ".asyncjobs"
+KEEP_RUNS = 5
+FLUSH_EVERY_S = 0.5
+FLUSH_ROWS = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, flow_path TEXT NOT NULL, flow_name TEXT NOT NULL,
+    started REAL NOT NULL, ended REAL, status TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id INTEGER NOT NULL, job_id TEXT NOT NULL, job TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    started REAL, ended REAL, error TEXT, result BLOB, has_result INTEGER NOT NULL,
+    PRIMARY KEY (run_id, job_id)
+);
+"""
+
+
+def fingerprint(definition: Any, item: Any, inputs: Any) -> str:
+    """A stable digest of what a job would run with; any change means a new run."""
+    text = json.dumps([definition, item, inputs], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pack_result(value: Any) -> bytes | None:
+    """The result as msgpack, or None when it is not plain data."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class Prior:
+    """What the last run recorded as succeeded: job id -> (fingerprint, packed result)."""
+
+    def __init__(self, rows: dict[str, tuple[str, bytes | None]]) -> None:
+        self.rows = rows
+
+    def match(self, job_id: str, print_: str, need_result: bool) -> tuple[bool, Any]:
+        """Whether ``job_id`` may be skipped, and its result."""
+        row = self.rows.get(job_id)
+        if row is None or row[0] != print_:
+            return False, None
+        if row[1] is None:
+            return (not need_result), None
+        return True, msgpack.unpackb(row[1], raw=False)
+
+
+class RunStore:
+    """One run's records, written in batches on a thread of their own.
+
+    :param flow_path: the flow file; the database lives in ``.asyncjobs/`` beside it
+    """
+
+    def __init__(self, flow_path: str | Path, flow_name: str) -> None:
+        self.flow_path = str(Path(flow_path).resolve())
+        self.flow_name = flow_name
+        self.db_path = Path(self.flow_path).parent / STATE_DIR / "state.db"
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store")
+        self._conn: sqlite3.Connection | None = None
+        self._run_id: int | None = None
+        self._rows: list[tuple[Any, ...]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def open(self, *, resume: bool) -> Prior | None:
+        """Start recording a run; with ``resume``, return what the last run left.
+
+        :raises OSError: if the state folder cannot be created
+        :raises sqlite3.Error: if the database cannot be opened
+        """
+        prior = await self._call(self._open, resume)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        return prior  # type: ignore[no-any-return]
+
+    def _open(self, resume: bool) -> Prior | None:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn = sqlite3.connect(self.db_path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        prior = None
+        if resume:
+            last = conn.execute(
+                "SELECT id FROM runs WHERE flow_path = ? ORDER BY id DESC LIMIT 1",
+                (self.flow_path,),
+            ).fetchone()
+            rows: dict[str, tuple[str, bytes | None]] = {}
+            if last is not None:
+                for job_id, print_, result, has in conn.execute(
+                    "SELECT job_id, fingerprint, result, has_result FROM jobs "
+                    "WHERE run_id = ? AND status = 'succeeded'", (last[0],),
+                ):
+                    rows[job_id] = (print_, result if has else None)
+            prior = Prior(rows)
+        cur = conn.execute(
+            "INSERT INTO runs (flow_path, flow_name, started) VALUES (?, ?, ?)",
+            (self.flow_path, self.flow_name, time.time()),
+        )
+        self._run_id = cur.lastrowid
+        old = conn.execute(
+            "SELECT id FROM runs WHERE flow_path = ? ORDER BY id DESC LIMIT -1 OFFSET ?",
+            (self.flow_path, KEEP_RUNS),
+        ).fetchall()
+        for (run_id,) in old:
+            conn.execute("DELETE FROM jobs WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        conn.commit()
+        return prior
+
+    def record(
+        self, job_id: str, job: str, print_: str, status: str, attempts: int,
+        started: float | None, ended: float | None, error: str | None, result: Any,
+    ) -> None:
+        """Queue one job's outcome; written within ``FLUSH_EVERY_S``."""
+        packed = pack_result(result) if status == "succeeded" else None
+        self._rows.append((self._run_id, job_id, job, print_, status, attempts, started, ended,
+                           error, packed, packed is not None))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            if self._rows:
+                await self.flush()
+
+    async def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        if rows:
+            await self._call(self._write, rows)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        assert self._conn is not None
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO jobs (run_id, job_id, job, fingerprint, status, attempts,"
+            " started, ended, error, result, has_result) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows,
+        )
+        self._conn.commit()
+
+    async def close(self, status: str) -> None:
+        """Write what is left, mark the run ended, and close the database."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+        await self._call(self._close, status)
+        self._thread.shutdown(wait=True)
+
+    def _close(self, status: str) -> None:
+        if self._conn is not None:
+            self._conn.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?",
+                               (time.time(), status, self._run_id))
+            self._conn.commit()
+            self._conn.close()
+            self._conn = None
