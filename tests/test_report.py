@@ -53,3 +53,13 @@ def test_summary_ends_with_short_final_results() -> None:
     report = sample()
     report.results = {"pi": 3.14159, "big": "x" * 500, "none": None}
     assert report.summary_lines()[-1] == "pi = 3.14159"
+
+
+def test_streamed_json_equals_the_plain_data(tmp_path: Path) -> None:
+    report = sample()
+    out = tmp_path / "r.json"
+    report.write_json(out)
+    assert json.loads(out.read_text()) == report.to_json()
+    empty = FlowReport("e", "e.yaml", started=1.0, ended=2.0)
+    empty.write_json(out)
+    assert json.loads(out.read_text())["jobs"] == []

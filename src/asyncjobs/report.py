@@ -97,6 +97,7 @@ class FlowReport:
         return [r for r in self.records if r.status in bad]
 
     def to_json(self) -> dict[str, Any]:
+        """The report as plain data (``write_json`` writes the same, streamed)."""
         return {
             "flow": self.name, "file": self.path, "ok": self.ok,
             "interrupted": self.interrupted, "start": _iso(self.started),
@@ -106,10 +107,17 @@ class FlowReport:
         }
 
     def write_json(self, path: str | Path) -> None:
-        """Write the report as JSON (parent folders are created)."""
+        """Write the report as JSON, one job per line, streamed: a 100,000-job report is
+        never built in memory whole. Parent folders are created."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        head = self.to_json()
+        del head["jobs"]
+        with target.open("w") as out:
+            out.write(json.dumps(head)[:-1] + ', "jobs": [')
+            for i, record in enumerate(self.records):
+                out.write(("\n" if i == 0 else ",\n") + json.dumps(record.to_json()))
+            out.write("\n]}\n")
 
     def summary_lines(self) -> list[str]:
         """The end-of-run summary: counts, wall time, throughput, slowest jobs, failures."""
