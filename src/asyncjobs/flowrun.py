@@ -176,7 +176,10 @@ class FlowRun:
         return DEFAULT_WINDOW if conc is None else max(64, 2 * conc)
 
     def _feed(self, running: _Running) -> None:
-        room = self._window(running.job) - running.in_flight
+        window = self._window(running.job)
+        room = window - running.in_flight
+        if running.in_flight and room < min(64, window // 4):
+            return  # refill in batches, not one item per finished one
         batch = []
         while room > 0 and not running.exhausted:
             try:

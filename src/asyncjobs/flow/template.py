@@ -7,6 +7,7 @@ gives the int); inside other text a value becomes text (JSON for lists and dicts
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ class Ref:
         return self.path[0] if self.path else ""
 
 
+@functools.lru_cache(maxsize=4096)  # every item of a foreach renders the same templates
 def parse_expr(expr: str) -> Ref:
     """Parse what stands between ``{{`` and ``}}``.
 
