@@ -59,7 +59,9 @@ class Progress:
     def _show(self) -> None:
         line = status_line(self.run, time.monotonic() - self._started)
         if self._rich is not None:
-            self._rich.update(line, refresh=True)
+            from rich.text import Text
+
+            self._rich.update(Text(line), refresh=True)  # Text: no markup, no highlighting
         else:
             print(line, file=self.stream, flush=True)
 

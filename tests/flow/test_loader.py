@@ -154,6 +154,10 @@ def test_params_override_is_coerced_to_the_default_type(tmp_path: Path) -> None:
          "did you mean 'range'?"),
         ("jobs:\n  a: {shell: x}\n  a: {shell: y}\n", 3, "jobs.a", "duplicate key 'a'"),
         ("jobs: {}\n", 1, "jobs", "'jobs' is empty"),
+        ("jobs:\n  a:\n    shell: x\n    args: [1]\n", 4, "jobs.a.args",
+         "args applies to call jobs"),
+        ("jobs:\n  a:\n    http: {url: x}\n    env: {A: b}\n", 4, "jobs.a.env",
+         "env applies to shell jobs"),
     ],
 )
 def test_bad_input_names_line_key_and_expectation(

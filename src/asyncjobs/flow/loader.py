@@ -203,6 +203,11 @@ def _job(ck: _Checker, jname: str, body: Any, defaults: dict[str, Any],
         raise ck.fail(key, f"job {jname!r} must have exactly one of call, shell, http "
                       f"(found: {found})")
     action, marks = _action(ck, given[0], body[given[0]], f"{key}.{given[0]}")
+    only_for = {"args": "call", "kwargs": "call", "env": "shell", "cwd": "shell"}
+    for name, owner in only_for.items():
+        if name in body and given[0] != owner:
+            raise ck.fail(f"{key}.{name}", f"{name} applies to {owner} jobs; job {jname!r} "
+                          f"is a {given[0]} job")
 
     kind = JobKind.IO if not isinstance(action, CallAction) else marks.pop("kind")
     if "kind" in body:
