@@ -6,7 +6,7 @@ import asyncio
 import io
 import re
 import textwrap
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +14,9 @@ from asyncjobs import Runner, progress
 from asyncjobs.flow.loader import load_flow
 from asyncjobs.flow.plan import plan_flow
 from asyncjobs.flowrun import FlowRun
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class FakeTty(io.StringIO):
