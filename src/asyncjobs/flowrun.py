@@ -27,13 +27,13 @@ from .executors.http import HttpClient
 from .executors.shell import run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
-from .flow.template import TemplateContext, references, render
+from .flow.template import TemplateContext, compile_template, references
 from .model import JobStatus
 from .report import FlowReport, JobRecord
-from .store import fingerprint
+from .store import fingerprint, item_fingerprint
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     from .core.commands import JobFinished
     from .engine import Engine
@@ -46,15 +46,23 @@ _NO_ITEM = object()
 _DID_NOT_SUCCEED = frozenset({JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.CANCELLED})
 
 
+def _failing(exc: Exception) -> Callable[[Any], Call]:
+    def fail(item: Any) -> Call:
+        raise exc
+
+    return fail
+
+
 class _Running:
     """One job of the file while its items run."""
 
     __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted",
-                 "digest")
+                 "digest", "make_call")
 
     def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool,
-                 digest: str) -> None:
+                 digest: str, make_call: Callable[[Any], Call]) -> None:
         self.job = job
+        self.make_call = make_call
         #: fingerprint of the job's definition and of the inputs its templates use
         self.digest = digest
         self.items = items
@@ -165,7 +173,11 @@ class FlowRun:
             else iter((_NO_ITEM,))
         )
         keep = name in self.plan.results_used or name in self.plan.finals
-        running = _Running(job, items, keep, self._digest(job))
+        try:
+            make_call = self._compile(job)
+        except Exception as exc:  # validated at load; a module may still fail to import now
+            make_call = _failing(exc)
+        running = _Running(job, items, keep, self._digest(job), make_call)
         self._active[name] = running
         self._feed(running)
 
@@ -227,7 +239,7 @@ class FlowRun:
         return fingerprint(definition, None, inputs)
 
     def _item_print(self, running: _Running, item: Any) -> str:
-        return fingerprint(running.digest, None if item is _NO_ITEM else item, None)
+        return item_fingerprint(running.digest, None if item is _NO_ITEM else item)
 
     def _resumed(self, running: _Running, index: int, item: Any) -> bool:
         """Skip an item the last run did with the same inputs (``--resume``)."""
@@ -291,30 +303,58 @@ class FlowRun:
             self._wake_up()
 
         return Entry(
-            job_id, job.kind, on_done, prepare=lambda _attempt: self._call(job, item),
+            job_id, job.kind, on_done, prepare=lambda _attempt: running.make_call(item),
             retries=job.retries, backoff_s=job.backoff_s,
             limits=(job.limit,) if job.limit else (), on_start=on_start,
         )
 
-    def _call(self, job: JobDef, item: Any) -> Call:
-        ctx = TemplateContext(self.spec.params, self.env, self.results,
-                              *(() if item is _NO_ITEM else (item,)))
+    def _compile(self, job: JobDef) -> Callable[[Any], Call]:
+        """What builds one attempt's call from an item: templates compiled and the
+        callable imported once per job, not once per item."""
+        params, env, results = self.spec.params, self.env, self.results
+
+        def ctx(item: Any) -> TemplateContext:
+            if item is _NO_ITEM:
+                return TemplateContext(params, env, results)
+            return TemplateContext(params, env, results, item)
+
         action = job.action
+        timeout_s = job.timeout_s
         if isinstance(action, CallAction):
-            args = tuple(render(job.args, ctx))
-            kwargs = render(job.kwargs, ctx)
-            return Call(resolve_ref(action.ref), args, kwargs, job.timeout_s)
+            fn = resolve_ref(action.ref)
+            args, kwargs = compile_template(job.args), compile_template(job.kwargs)
+
+            def call(item: Any) -> Call:
+                c = ctx(item)
+                return Call(fn, tuple(args(c)), kwargs(c), timeout_s)
+
+            return call
         if isinstance(action, ShellAction):
-            env = dict(self.child_env)
-            env.update({str(k): str(v) for k, v in render(job.env, ctx).items()})
-            cwd = render(job.cwd, ctx) if job.cwd else os.path.dirname(self.spec.path) or None
-            return Call(run_shell, (render(action.command, ctx),), {"env": env, "cwd": cwd},
-                        job.timeout_s)
+            command, job_env = compile_template(action.command), compile_template(job.env)
+            cwd = compile_template(job.cwd)
+            default_cwd = os.path.dirname(self.spec.path) or None
+            base_env = self.child_env
+
+            def shell(item: Any) -> Call:
+                c = ctx(item)
+                run_env = dict(base_env)
+                run_env.update({str(k): str(v) for k, v in job_env(c).items()})
+                return Call(run_shell, (command(c),),
+                            {"env": run_env, "cwd": cwd(c) or default_cwd}, timeout_s)
+
+            return shell
         assert isinstance(action, HttpAction)
-        return Call(self._http.request, (action.method, render(action.url, ctx)), {
-            "json": render(action.json, ctx), "data": render(action.data, ctx),
-            "headers": render(action.headers, ctx), "expect": action.expect,
-        }, job.timeout_s)
+        url, body = compile_template(action.url), compile_template(action.json)
+        data, headers = compile_template(action.data), compile_template(action.headers)
+        method, expect, request = action.method, action.expect, self._http.request
+
+        def http(item: Any) -> Call:
+            c = ctx(item)
+            return Call(request, (method, url(c)), {
+                "json": body(c), "data": data(c), "headers": headers(c), "expect": expect,
+            }, timeout_s)
+
+        return http
 
     def _wake_up(self) -> None:
         if self._wake is not None:

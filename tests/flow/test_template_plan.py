@@ -149,3 +149,14 @@ def test_describe_plan_shows_order_sizes_and_limits(tmp_path: Path) -> None:
     assert lines[1].split()[:3] == ["setup", "io", "x1"]
     assert "x5" in lines[2] and "needs: setup" in lines[2] and "limit: api" in lines[2]
     assert "api: concurrency 50, rate 200/s" in text and "count=5" in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["{{ params.count }}", "n={{ params.count }}-{{ item.id }}", "plain",
+     {"n": ["{{ params.count }}", "{{ item.tags }}", 5], "k": "v"}, ["a", {"b": 1}], 7, None],
+)
+def test_compiled_templates_render_like_render(value: object) -> None:
+    from asyncjobs.flow.template import compile_template
+
+    assert compile_template(value)(CTX) == render(value, CTX)

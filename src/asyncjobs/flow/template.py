@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,42 @@ def _as_text(value: Any) -> str:
     if isinstance(value, dict | list | tuple | bool) or value is None:
         return json.dumps(value)
     return str(value)
+
+
+def compile_template(value: Any) -> Callable[[TemplateContext], Any]:
+    """``render`` prepared once for a value rendered many times (every foreach item):
+    parts without templates become constants, a whole template a direct lookup.
+
+    :raises ValueError: for a malformed template
+    """
+    if isinstance(value, str):
+        if "{{" not in value:
+            return lambda ctx: value
+        whole = _TEMPLATE.fullmatch(value.strip())
+        if whole and value.strip().count("{{") == 1:
+            ref = parse_expr(whole.group(1))
+            return lambda ctx: lookup(ref, ctx)
+        pieces: list[str | Ref] = []
+        last = 0
+        for m in _TEMPLATE.finditer(value):
+            pieces.append(value[last:m.start()])
+            pieces.append(parse_expr(m.group(1)))
+            last = m.end()
+        pieces.append(value[last:])
+        return lambda ctx: "".join(
+            p if isinstance(p, str) else _as_text(lookup(p, ctx)) for p in pieces
+        )
+    if isinstance(value, list):
+        if not references(value):
+            return lambda ctx: list(value)
+        items = [compile_template(v) for v in value]
+        return lambda ctx: [f(ctx) for f in items]
+    if isinstance(value, dict):
+        if not references(value):
+            return lambda ctx: dict(value)
+        pairs = [(compile_template(k), compile_template(v)) for k, v in value.items()]
+        return lambda ctx: {k(ctx): v(ctx) for k, v in pairs}
+    return lambda ctx: value
 
 
 def render(value: Any, ctx: TemplateContext) -> Any:
