@@ -83,8 +83,8 @@ async def test_without_resume_everything_runs_and_is_recorded(tmp_path: Path) ->
     assert again.resumed == 0 and len(runs_of(tmp_path / "log.txt")) == 8
     with sqlite3.connect(tmp_path / ".asyncjobs" / "state.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        statuses = db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
-    assert dict(statuses) == {"succeeded": 10}
+        rows = db.execute("SELECT run_id, COUNT(*) FROM succeeded GROUP BY run_id").fetchall()
+    assert [n for _, n in rows] == [5, 5]
 
 
 async def test_a_needed_result_that_is_not_plain_data_runs_again(tmp_path: Path) -> None:

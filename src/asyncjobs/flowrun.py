@@ -257,7 +257,7 @@ class FlowRun:
         if running.results is not None:
             running.results.append(result)
         if self.store is not None:
-            self.store.record(job_id, job.name, print_, "succeeded", 0, now, now, None, result)
+            self.store.succeeded(job_id, print_, result, keep_result=running.results is not None)
         self.done += 1
         self.resumed += 1
         self.report.resumed += 1
@@ -296,9 +296,9 @@ class FlowRun:
             else:
                 running.failed = True
                 self.failed += 1
-            if self.store is not None:
-                self.store.record(job_id, job.name, print_, done.status.value, done.attempts,
-                                  record.started, record.ended, record.error, done.result)
+            if self.store is not None and done.status is JobStatus.SUCCEEDED:
+                self.store.succeeded(job_id, print_, done.result,
+                                     keep_result=running.results is not None)
             running.in_flight -= 1
             self._wake_up()
 

@@ -1,10 +1,13 @@
 """Run state in SQLite, for ``--resume``. The only module that imports sqlite3.
 
-Every run of a flow records its jobs in ``.asyncjobs/state.db`` beside the flow file
-(WAL mode). ``--resume`` reads the last run of the same file: a job it recorded as
-succeeded, with the same fingerprint (definition, item and the inputs its templates
-use), is not run again; its stored result is carried into the new run, so the run
-after that can resume from it too.
+Every run of a flow records the jobs that succeeded in ``.asyncjobs/state.db`` beside
+the flow file (WAL mode): their id, fingerprint (definition, item and the inputs its
+templates use) and, when a template or the summary uses it, their result. That is all
+``--resume`` needs, and all that is written, because a row per job is on the hot path of
+a 100,000-job flow. ``--resume`` reads the last run of the same file: a job recorded
+there with the same fingerprint is not run again; its result is carried into the new
+run, so the run after that can resume from it too. (The full per-job record is
+``--report``'s.)
 
 All SQLite calls run on one thread of their own, so the event loop never waits on disk.
 """
@@ -32,12 +35,11 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, flow_path TEXT NOT NULL, flow_name TEXT NOT NULL,
     started REAL NOT NULL, ended REAL, status TEXT
 );
-CREATE TABLE IF NOT EXISTS jobs (
-    run_id INTEGER NOT NULL, job_id TEXT NOT NULL, job TEXT NOT NULL,
-    fingerprint TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
-    started REAL, ended REAL, error TEXT, result BLOB, has_result INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS succeeded (
+    run_id INTEGER NOT NULL, job_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    result BLOB, has_result INTEGER NOT NULL,
     PRIMARY KEY (run_id, job_id)
-);
+) WITHOUT ROWID;
 """
 
 
@@ -124,8 +126,8 @@ class RunStore:
             rows: dict[str, tuple[str, bytes | None]] = {}
             if last is not None:
                 for job_id, print_, result, has in conn.execute(
-                    "SELECT job_id, fingerprint, result, has_result FROM jobs "
-                    "WHERE run_id = ? AND status = 'succeeded'", (last[0],),
+                    "SELECT job_id, fingerprint, result, has_result FROM succeeded "
+                    "WHERE run_id = ?", (last[0],),
                 ):
                     rows[job_id] = (print_, result if has else None)
             prior = Prior(rows)
@@ -139,19 +141,19 @@ class RunStore:
             (self.flow_path, KEEP_RUNS),
         ).fetchall()
         for (run_id,) in old:
-            conn.execute("DELETE FROM jobs WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM succeeded WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         conn.commit()
         return prior
 
-    def record(
-        self, job_id: str, job: str, print_: str, status: str, attempts: int,
-        started: float | None, ended: float | None, error: str | None, result: Any,
-    ) -> None:
-        """Queue one job's outcome; written within ``FLUSH_EVERY_S``."""
-        packed = pack_result(result) if status == "succeeded" else None
-        self._rows.append((self._run_id, job_id, job, print_, status, attempts, started, ended,
-                           error, packed, packed is not None))
+    def succeeded(self, job_id: str, print_: str, result: Any = None, *,
+                  keep_result: bool) -> None:
+        """Queue a job that succeeded; written within ``FLUSH_EVERY_S``.
+
+        :param keep_result: store the result too (something after it uses it)
+        """
+        packed = pack_result(result) if keep_result else None
+        self._rows.append((self._run_id, job_id, print_, packed, packed is not None))
 
     async def _flush_loop(self) -> None:
         while True:
@@ -167,8 +169,8 @@ class RunStore:
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         assert self._conn is not None
         self._conn.executemany(
-            "INSERT OR REPLACE INTO jobs (run_id, job_id, job, fingerprint, status, attempts,"
-            " started, ended, error, result, has_result) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows,
+            "INSERT OR REPLACE INTO succeeded (run_id, job_id, fingerprint, result, has_result)"
+            " VALUES (?,?,?,?,?)", rows,
         )
         self._conn.commit()
 
