@@ -169,16 +169,24 @@ async def test_thread_timeout_reports_at_once() -> None:
         release.set()
 
 
-async def test_cancel_running_io_job() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
+class Waiter:
+    """An io job that waits until cancelled, and says when it started and was cancelled."""
 
-    async def waits() -> None:
-        started.set()
+    def __init__(self) -> None:
+        self.started, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def wait(self) -> None:
+        self.started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
-            cancelled.set()
+            self.cancelled.set()
             raise
+
+
+async def test_cancel_running_io_job() -> None:
+    waiter = Waiter()
+    started, cancelled, waits = waiter.started, waiter.cancelled, waiter.wait
 
     async with Runner() as runner:
         job = runner.submit(waits)
@@ -191,15 +199,8 @@ async def test_cancel_running_io_job() -> None:
 
 
 async def test_cancelling_the_awaiting_task_cancels_the_job() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def waits() -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    job_waiter = Waiter()
+    started, cancelled, waits = job_waiter.started, job_waiter.cancelled, job_waiter.wait
 
     async with Runner() as runner:
         job = runner.submit(waits)
@@ -213,14 +214,8 @@ async def test_cancelling_the_awaiting_task_cancels_the_job() -> None:
 
 
 async def test_leaving_with_an_exception_cancels_running_jobs() -> None:
-    cancelled = asyncio.Event()
-
-    async def waits() -> None:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    waiter = Waiter()
+    cancelled, waits = waiter.cancelled, waiter.wait
 
     with pytest.raises(ZeroDivisionError):
         async with Runner() as runner:
