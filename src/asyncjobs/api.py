@@ -307,15 +307,17 @@ class Runner:
         :raises RunnerClosed: if the runner is not open
         """
         from .flow.loader import load_flow
-        from .flow.plan import plan_flow
+        from .flow.plan import count_items, plan_flow
         from .flowrun import FlowRun
         from .store import RunStore
 
         engine = self.engine
         plan = plan_flow(load_flow(path, params))
+        run_env = os.environ if env is None else env
+        for name in plan.order:  # foreach sources are checked before anything runs
+            count_items(plan.spec.jobs[name], plan.spec, run_env)
         store = RunStore(path, plan.spec.name)
-        run = FlowRun(engine, plan, env=os.environ if env is None else env, store=store,
-                      resume=resume)
+        run = FlowRun(engine, plan, env=run_env, store=store, resume=resume)
         return await run.run()
 
     def _default_window(self, kind: JobKind) -> int:

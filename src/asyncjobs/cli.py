@@ -92,8 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
     try:
         plan = plan_flow(load_flow(args.file, params))
+        # foreach sources (a lines file, a templated range) are checked before anything runs
+        described = describe_plan(plan, os.environ)
         if args.dry_run:
-            print(describe_plan(plan, os.environ))
+            print(described)
             return EXIT_OK
     except FlowError as exc:
         return _fail(str(exc))
