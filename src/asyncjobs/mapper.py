@@ -40,6 +40,24 @@ TARGET_CHUNK_S = 0.01
 MAX_CHUNK = 1024
 
 
+def chunk_size(item_s: float | None, total: int | None, workers: int) -> int:
+    """Items per chunk: about ``TARGET_CHUNK_S`` of work, at most a quarter of each
+    worker's share of ``total`` (when known); 1 until an item's cost is measured."""
+    if item_s is None:
+        return 1
+    size = MAX_CHUNK if item_s <= 0 else int(TARGET_CHUNK_S / item_s)
+    if total is not None:
+        size = min(size, math.ceil(total / (4 * workers)))
+    return max(1, min(size, MAX_CHUNK))
+
+
+def measured(item_s: float | None, elapsed_s: float, items: int) -> float:
+    """The running estimate of seconds per item, after a chunk of ``items`` took
+    ``elapsed_s``."""
+    per_item = elapsed_s / items
+    return per_item if item_s is None else 0.7 * item_s + 0.3 * per_item
+
+
 class MapRun:
     """One call of ``Runner.map``."""
 
@@ -126,12 +144,7 @@ class MapRun:
         return batch
 
     def _chunk_size(self) -> int:
-        if not self.chunked or self.item_s is None:
-            return 1
-        size = MAX_CHUNK if self.item_s <= 0 else int(TARGET_CHUNK_S / self.item_s)
-        if self.total is not None:
-            size = min(size, math.ceil(self.total / (4 * self.workers)))
-        return max(1, min(size, MAX_CHUNK))
+        return chunk_size(self.item_s, self.total, self.workers) if self.chunked else 1
 
     def _entry(self, first: int, calls: list[tuple[Any, ...]]) -> Entry:
         job_id = f"{self.name}-{next(self.ids)}"
@@ -157,8 +170,7 @@ class MapRun:
         first, calls = self.in_flight.pop(done.job_id)
         if done.status is JobStatus.SUCCEEDED:
             outcomes, elapsed_s = done.result
-            per_item = elapsed_s / len(calls)
-            self.item_s = per_item if self.item_s is None else 0.7 * self.item_s + 0.3 * per_item
+            self.item_s = measured(self.item_s, elapsed_s, len(calls))
             for i, (ok, value) in enumerate(outcomes):
                 if ok:
                     self.results[first + i] = value

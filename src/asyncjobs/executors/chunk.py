@@ -18,17 +18,18 @@ Outcome = tuple[bool, Any]
 
 
 def run_chunk(
-    fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]
+    fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]],
+    kwargs: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[Outcome], float]:
-    """Call ``fn(*args)`` for each args tuple, in order.
+    """Call ``fn(*args, **kw)`` for each args tuple (and keyword dict), in order.
 
     :returns: each call's outcome, and the seconds the calls took in all
     """
     started = time.perf_counter()
     outcomes: list[Outcome] = []
-    for args in calls:
+    for i, args in enumerate(calls):
         try:
-            outcomes.append((True, fn(*args)))
+            outcomes.append((True, fn(*args, **(kwargs[i] if kwargs else {}))))
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
             outcomes.append((False, (type(exc).__name__, str(exc), tb)))
