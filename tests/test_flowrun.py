@@ -191,3 +191,39 @@ async def test_bad_flow_raises_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(FlowError, match="unknown job 'nope'"):
         await run(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("how", "error"), [("raise", "ValueError: bad item 700"),
+                                             ("crash", "WorkerCrashed")])
+async def test_chunked_cpu_items_fail_alone(tmp_path: Path, how: str, error: str) -> None:
+    path = flow_file(tmp_path, f"""
+        jobs:
+          square:
+            foreach: {{range: 1500}}
+            call: tests.jobs:square_unless
+            args: ["{{{{ item }}}}", 700, {how}]
+          total: {{call: tests.flow.calls:total, args: ["{{{{ results.square }}}}"]}}
+    """)
+    async with Runner(cpu_workers=2) as runner:
+        report = await runner.run_flow(path)
+        counts = runner.engine.core.counts
+        engine_jobs = sum(counts[s] for s in JobStatus if s.terminal)
+    items = [r for r in report.records if r.job == "square"]
+    assert [r.id for r in items] == [f"square[{i}]" for i in range(1500)]
+    failed = [r for r in items if r.status is not JobStatus.SUCCEEDED]
+    assert [r.id for r in failed] == ["square[700]"]
+    assert (failed[0].error or "").startswith(error)
+    assert all(r.started is not None and r.ended is not None for r in items)
+    assert {r.id: r.status for r in report.records}["total"] is JobStatus.SKIPPED
+    assert engine_jobs < 1500 / 4  # items went in chunks
+
+
+async def test_chunked_results_keep_item_order(tmp_path: Path) -> None:
+    path = flow_file(tmp_path, """
+        jobs:
+          square: {foreach: {range: 2000}, call: tests.jobs:square, args: ["{{ item }}"]}
+          total: {call: tests.flow.calls:total, args: ["{{ results.square }}"]}
+    """)
+    async with Runner(cpu_workers=2) as runner:
+        report = await runner.run_flow(path)
+    assert report.ok and report.results["total"] == sum(i * i for i in range(2000))

@@ -97,3 +97,20 @@ async def test_a_needed_result_that_is_not_plain_data_runs_again(tmp_path: Path)
     again = await run(path, resume=True)
     status = {r.id: (r.status, r.attempts) for r in again.records}
     assert status["obj"] == (JobStatus.SUCCEEDED, 1)  # its result could not be stored
+
+
+async def test_chunked_cpu_items_resume_one_by_one(tmp_path: Path) -> None:
+    path = flow(tmp_path, """
+        params: {n: 800}
+        jobs:
+          square:
+            foreach: {range: "{{ params.n }}"}
+            call: tests.jobs:square
+            args: ["{{ item }}"]
+          total: {call: tests.flow.calls:total, args: ["{{ results.square }}"]}
+    """)
+    first = await run(path, resume=False)
+    assert first.ok and first.results["total"] == sum(i * i for i in range(800))
+    grown = await run(path, resume=True, n=1000)
+    assert grown.ok and grown.resumed == 800  # total's input changed: it runs again
+    assert grown.results["total"] == sum(i * i for i in range(1000))

@@ -10,6 +10,9 @@ Rules:
    a template that names something missing fails that job, not the run.
 4. Results are kept only for jobs some template uses (``{{ results.JOB }}``); a foreach
    job's result is the list of its items' results, in item order.
+5. Small CPU calls (no timeout, no retries) go to workers in chunks sized as
+   ``Runner.map`` sizes them; each item keeps its own record, result and error, and a
+   chunk whose worker died is run again one item per job, so the culprit is named alone.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from .api import resolve_ref
 from .core.policy import Limit
 from .engine import Entry
 from .executors.base import Call
+from .executors.chunk import run_chunk
 from .executors.http import HttpClient
 from .executors.shell import run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
 from .flow.template import TemplateContext, compile_template, references
-from .model import JobStatus
+from .mapper import chunk_size, measured
+from .model import JobKind, JobStatus
 from .report import FlowReport, JobRecord
 from .store import fingerprint, item_fingerprint
 
@@ -57,12 +62,17 @@ class _Running:
     """One job of the file while its items run."""
 
     __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted",
-                 "digest", "make_call")
+                 "digest", "make_call", "chunked", "item_s")
 
     def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool,
                  digest: str, make_call: Callable[[Any], Call]) -> None:
         self.job = job
         self.make_call = make_call
+        #: small CPU calls go to workers in chunks (rule 5)
+        self.chunked = (job.kind is JobKind.CPU and isinstance(job.action, CallAction)
+                        and job.timeout_s is None and job.retries == 0)
+        #: seconds per item, as workers measured it (None until a chunk reports)
+        self.item_s: float | None = None
         #: fingerprint of the job's definition and of the inputs its templates use
         self.digest = digest
         self.items = items
@@ -71,6 +81,56 @@ class _Running:
         self.failed = False
         self.exhausted = False
         self.results: list[Any] | None = [] if keep_results else None
+
+
+class _Item:
+    """One item of a job while it runs: its record, result slot and resume fingerprint."""
+
+    __slots__ = ("flow", "running", "index", "item", "record", "print_")
+
+    def __init__(self, flow: FlowRun, running: _Running, index: int, item: Any,
+                 record: JobRecord, print_: str) -> None:
+        self.flow = flow
+        self.running = running
+        self.index = index
+        self.item = item
+        self.record = record
+        self.print_ = print_
+
+    def start(self, now: float) -> None:
+        if self.record.started is None:
+            self.record.started = now
+            self.flow.running += 1
+        self.record.status = JobStatus.RUNNING
+
+    def requeue(self) -> None:
+        """Back to waiting (its chunk failed whole and it will run alone)."""
+        if self.record.status is JobStatus.RUNNING:
+            self.flow.running -= 1
+        self.record.status = JobStatus.QUEUED
+        self.record.started = None
+
+    def finish(self, status: JobStatus, attempts: int, result: Any, error: str | None,
+               ended: float) -> None:
+        flow, running, record = self.flow, self.running, self.record
+        if record.status is JobStatus.RUNNING:
+            flow.running -= 1
+        record.status = status
+        record.attempts = attempts
+        record.ended = ended
+        record.error = error
+        flow.done += 1
+        if status is JobStatus.SUCCEEDED:
+            if running.results is not None:
+                running.results[self.index] = result
+            if flow.store is not None:
+                flow.store.succeeded(record.id, self.print_, result,
+                                     keep_result=running.results is not None)
+        else:
+            running.failed = True
+            flow.failed += 1
+        running.in_flight -= 1
+        flow._wake_up()
 
 
 class FlowRun:
@@ -94,7 +154,7 @@ class FlowRun:
         self.env = dict(env)
         self.child_env = {k: v for k, v in self.env.items() if k != "ASYNCJOBS_SECRET"}
         self.report = FlowReport(self.spec.name, self.spec.path, started=time.time())
-        self.total = sum(count_items(self.spec.jobs[n], self.spec, self.env) for n in plan.order)
+
         self.results: dict[str, Any] = {}
         self.done = 0
         self.failed = 0
@@ -103,6 +163,11 @@ class FlowRun:
         self._active: dict[str, _Running] = {}
         self._http = HttpClient()
         self._wake: asyncio.Event | None = None
+        #: ids of the engine jobs submitted and not yet finished (items or chunks)
+        self._live: set[str] = set()
+        self._counts = {n: count_items(self.spec.jobs[n], self.spec, self.env)
+                        for n in plan.order}
+        self.total = sum(self._counts.values())
 
     async def run(self) -> FlowReport:
         """Run every job; return the report (also on cancellation, marked interrupted).
@@ -126,9 +191,8 @@ class FlowRun:
                 self._start_ready()
         except BaseException:
             self.report.interrupted = True
-            for rec in self.report.records:
-                if not rec.status.terminal:
-                    self.engine.cancel(rec.id, "cancelled: the run was interrupted")
+            for job_id in list(self._live):
+                self.engine.cancel(job_id, "cancelled: the run was interrupted")
             raise
         finally:
             self.report.ended = time.time()
@@ -157,8 +221,7 @@ class FlowRun:
 
     def _skip(self, name: str, cause: str) -> None:
         self._status[name] = JobStatus.SKIPPED
-        n = count_items(self.spec.jobs[name], self.spec, self.env)
-        self.done += n
+        self.done += self._counts[name]
         self.report.records.append(JobRecord(
             name, name, JobStatus.SKIPPED,
             error=f"Skipped: needs {cause}, which did not succeed",
@@ -192,7 +255,14 @@ class FlowRun:
         room = window - running.in_flight
         if running.in_flight and room < min(64, window // 4):
             return  # refill in batches, not one item per finished one
-        batch = []
+        size = 1
+        if running.chunked:
+            workers = self.engine.cpu.workers
+            size = chunk_size(running.item_s, self._counts[running.job.name], workers)
+            if running.item_s is None:  # probing: a few one-item chunks until one reports
+                room = min(room, 2 * workers - running.in_flight)
+        batch: list[Entry] = []
+        group: list[_Item] = []
         while room > 0 and not running.exhausted:
             try:
                 item = next(running.items)
@@ -201,10 +271,17 @@ class FlowRun:
                 break
             index = running.next_index
             running.next_index += 1
-            if not self._resumed(running, index, item):
-                batch.append(self._entry(running, index, item))
-                running.in_flight += 1
-                room -= 1
+            if self._resumed(running, index, item):
+                continue
+            group.append(self._item(running, index, item))
+            room -= 1
+            if len(group) == size:
+                batch.append(self._chunk(running, group) if running.chunked
+                             else self._single(group[0]))
+                group = []
+        if group:
+            batch.append(self._chunk(running, group) if running.chunked
+                         else self._single(group[0]))
         if batch:
             self.engine.submit(*batch)
         self._maybe_finished(running)
@@ -265,48 +342,78 @@ class FlowRun:
 
     # -- items ------------------------------------------------------------------------
 
-    def _entry(self, running: _Running, index: int, item: Any) -> Entry:
+    def _item(self, running: _Running, index: int, item: Any) -> _Item:
         job = running.job
         job_id = item_id(job.name, index) if job.foreach is not None else job.name
         record = JobRecord(job_id, job.name)
         self.report.records.append(record)
         if running.results is not None:
             running.results.append(None)
+        print_ = self._item_print(running, item) if self.store is not None else ""
+        running.in_flight += 1
+        return _Item(self, running, index, item, record, print_)
+
+    def _single(self, it: _Item) -> Entry:
+        job = it.running.job
+        self._live.add(it.record.id)
 
         def on_start(attempt: int) -> None:
-            if attempt == 1:
-                record.started = time.time()
-                self.running += 1
-            record.status = JobStatus.RUNNING
-
-        print_ = self._item_print(running, item) if self.store is not None else ""
+            it.start(time.time())
 
         def on_done(done: JobFinished) -> None:
-            if record.status is JobStatus.RUNNING:
-                self.running -= 1
-            record.status = done.status
-            record.attempts = done.attempts
-            record.ended = time.time()
-            if done.error is not None:
-                record.error = done.error.first_line
-            self.done += 1
-            if done.status is JobStatus.SUCCEEDED:
-                if running.results is not None:
-                    running.results[index] = done.result
-            else:
-                running.failed = True
-                self.failed += 1
-            if self.store is not None and done.status is JobStatus.SUCCEEDED:
-                self.store.succeeded(job_id, print_, done.result,
-                                     keep_result=running.results is not None)
-            running.in_flight -= 1
-            self._wake_up()
+            self._live.discard(done.job_id)
+            error = done.error.first_line if done.error is not None else None
+            it.finish(done.status, done.attempts, done.result, error, time.time())
 
         return Entry(
-            job_id, job.kind, on_done, prepare=lambda _attempt: running.make_call(item),
+            it.record.id, job.kind, on_done, prepare=lambda _a: it.running.make_call(it.item),
             retries=job.retries, backoff_s=job.backoff_s,
             limits=(job.limit,) if job.limit else (), on_start=on_start,
         )
+
+    def _chunk(self, running: _Running, items: list[_Item]) -> Entry:
+        """Several CPU items as one job (rule 5); each keeps its own record and outcome."""
+        job = running.job
+        chunk_id = f"{job.name}[{items[0].index}..{items[-1].index}]"
+        self._live.add(chunk_id)
+
+        def prepare(_attempt: int) -> Call:
+            calls = [running.make_call(it.item) for it in items]
+            kwargs = [c.kwargs for c in calls]
+            return Call(run_chunk, (calls[0].fn, [c.args for c in calls],
+                                    kwargs if any(kwargs) else None), {}, None)
+
+        def on_start(attempt: int) -> None:
+            now = time.time()
+            for it in items:
+                it.start(now)
+
+        def on_done(done: JobFinished) -> None:
+            self._live.discard(chunk_id)
+            now = time.time()
+            if done.status is JobStatus.SUCCEEDED:
+                outcomes, elapsed_s = done.result
+                running.item_s = measured(running.item_s, elapsed_s, len(items))
+                each = elapsed_s / len(items)
+                begun = now - elapsed_s
+                for k, (it, (ok, value)) in enumerate(zip(items, outcomes, strict=True)):
+                    it.record.started = begun + k * each
+                    if ok:
+                        it.finish(JobStatus.SUCCEEDED, 1, value, None, begun + (k + 1) * each)
+                    else:
+                        line = f"{value[0]}: {value[1]}".splitlines()[0]
+                        it.finish(JobStatus.FAILED, 1, None, line, begun + (k + 1) * each)
+            elif done.status is JobStatus.CANCELLED or len(items) == 1:
+                error = done.error.first_line if done.error is not None else None
+                for it in items:
+                    it.finish(done.status, done.attempts, None, error, now)
+            else:  # the chunk failed whole (its worker died): each item alone names the culprit
+                for it in items:
+                    it.requeue()
+                self.engine.submit(*(self._single(it) for it in items))
+
+        return Entry(chunk_id, job.kind, on_done, prepare=prepare,
+                     limits=(job.limit,) if job.limit else (), on_start=on_start)
 
     def _compile(self, job: JobDef) -> Callable[[Any], Call]:
         """What builds one attempt's call from an item: templates compiled and the
