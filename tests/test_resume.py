@@ -6,6 +6,7 @@ import sqlite3
 import textwrap
 from typing import TYPE_CHECKING
 
+import msgpack
 import pytest
 
 from asyncjobs import Runner
@@ -83,8 +84,12 @@ async def test_without_resume_everything_runs_and_is_recorded(tmp_path: Path) ->
     assert again.resumed == 0 and len(runs_of(tmp_path / "log.txt")) == 8
     with sqlite3.connect(tmp_path / ".asyncjobs" / "state.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        rows = db.execute("SELECT run_id, COUNT(*) FROM succeeded GROUP BY run_id").fetchall()
-    assert [n for _, n in rows] == [5, 5]
+        rows = db.execute("SELECT run_id, jobs FROM succeeded").fetchall()
+    jobs_by_run: dict[int, int] = {}
+    for run_id, blob in rows:
+        for _digest, jobs in msgpack.unpackb(blob):
+            jobs_by_run[run_id] = jobs_by_run.get(run_id, 0) + len(jobs)
+    assert sorted(jobs_by_run.values()) == [5, 5]
 
 
 async def test_a_needed_result_that_is_not_plain_data_runs_again(tmp_path: Path) -> None:

@@ -37,7 +37,12 @@ KIND_LIMIT = {JobKind.IO: "@io", JobKind.CPU: "@cpu", JobKind.THREAD: "@thread"}
 
 
 class Entry:
-    """What the engine keeps for a job until it finishes."""
+    """What the engine keeps for a job until it finishes.
+
+    The engine calls ``begin`` as each attempt starts and ``finished`` once at the end.
+    This class forwards them to the callbacks it was given; a subclass may override both
+    instead, so that one object per job is all a caller allocates (flows do, per item).
+    """
 
     __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "on_start", "limits",
                  "retries", "backoff_s", "needs", "remember")
@@ -72,6 +77,20 @@ class Entry:
         self.backoff_s = backoff_s
         self.needs = needs
         self.remember = remember
+
+    def begin(self, attempt: int) -> Call:
+        """An attempt starts: return the call it runs (raising fails the attempt, for
+        good: a call that cannot be built will not build on a retry)."""
+        if self.on_start is not None:
+            self.on_start(attempt)
+        if self.call is not None:
+            return self.call
+        assert self.prepare is not None
+        return self.prepare(attempt)
+
+    def finished(self, done: JobFinished) -> None:
+        """The job ended (any terminal status)."""
+        self.on_done(done)
 
 
 class Engine:
@@ -108,6 +127,7 @@ class Engine:
         self._entries: dict[str, Entry] = {}
         self._inbox: list[Event] = []
         self._busy = False
+        self._drain_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,6 +147,8 @@ class Engine:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        if self._inbox and not self._busy:
+            self._feed(())  # reports first: a bad submission must not take them down with it
         now = loop.time()
         events = []
         for entry in entries:
@@ -197,15 +219,30 @@ class Engine:
     # -- sink: executors report here --------------------------------------------------
 
     def succeeded(self, key: AttemptKey, result: Any) -> None:
-        self._feed([AttemptSucceeded(key[0], key[1], result, self._now())])
+        self._report(AttemptSucceeded(key[0], key[1], result, self._now()))
 
     def failed(self, key: AttemptKey, error: ErrorInfo) -> None:
         stimulus = f"failed-{key[0]}-{key[1]}"
-        self._feed([AttemptFailed(key[0], key[1], error, self._now(), stimulus)])
+        self._report(AttemptFailed(key[0], key[1], error, self._now(), stimulus))
 
     def cancelled(self, key: AttemptKey) -> None:
         stimulus = f"cancelled-{key[0]}-{key[1]}"
-        self._feed([AttemptCancelled(key[0], key[1], self._now(), stimulus)])
+        self._report(AttemptCancelled(key[0], key[1], self._now(), stimulus))
+
+    def _report(self, event: Event) -> None:
+        # Attempts that end in the same loop iteration cost one pass of the scheduler
+        # (one dispatch, one timer check), not one each: the pass runs once at the
+        # start of the next iteration.
+        self._inbox.append(event)
+        if not self._busy and not self._drain_due:
+            self._drain_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_due = False
+        if self._inbox:
+            self._feed(())
 
     # -- driving the core -------------------------------------------------------------
 
@@ -233,20 +270,15 @@ class Engine:
             if kind is StartAttempt:
                 entry = entries[cmd.job_id]
                 key = (cmd.job_id, cmd.attempt)
-                if entry.on_start is not None:
-                    entry.on_start(cmd.attempt)
-                call = entry.call
-                if call is None:
-                    assert entry.prepare is not None
-                    try:
-                        call = entry.prepare(cmd.attempt)
-                    except Exception as exc:
-                        self.failed(key, error_info(exc, retryable=False))
-                        continue
+                try:
+                    call = entry.begin(cmd.attempt)
+                except Exception as exc:
+                    self.failed(key, error_info(exc, retryable=False))
+                    continue
                 self._executors[entry.kind].start(key, call)
             elif kind is JobFinished:
                 entry = entries.pop(cmd.job_id)
-                entry.on_done(cmd)
+                entry.finished(cmd)
                 if not entries and self._idle is not None:
                     self._idle.set()
             elif kind is CancelAttempt:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .api import resolve_ref
 from .core.policy import Limit
-from .engine import Entry
+from .engine import KIND_LIMIT, Entry
 from .executors.base import Call
 from .executors.chunk import run_chunk
 from .executors.http import HttpClient
@@ -35,7 +35,7 @@ from .flow.template import TemplateContext, compile_template, references
 from .mapper import chunk_size, measured
 from .model import JobKind, JobStatus
 from .report import FlowReport, JobRecord
-from .store import fingerprint, item_fingerprint
+from .store import fingerprint, item_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -62,12 +62,20 @@ class _Running:
     """One job of the file while its items run."""
 
     __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted",
-                 "digest", "make_call", "chunked", "item_s")
+                 "digest", "make_call", "chunked", "item_s", "limits", "item_limits", "window",
+                 "low_water")
 
     def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool,
-                 digest: str, make_call: Callable[[Any], Call]) -> None:
+                 digest: str, make_call: Callable[[Any], Call], window: int) -> None:
         self.job = job
+        #: most items in flight; refilled in batches once no more than ``low_water`` are
+        self.window = window
+        self.low_water = window - min(64, window // 4)
         self.make_call = make_call
+        #: the limits an item's attempt holds: a chunk's (``Entry`` adds the kind's) ...
+        self.limits = (job.limit,) if job.limit else ()
+        #: ... and an item's own, as the engine wants them
+        self.item_limits = (KIND_LIMIT[job.kind], *self.limits)
         #: small CPU calls go to workers in chunks (rule 5)
         self.chunked = (job.kind is JobKind.CPU and isinstance(job.action, CallAction)
                         and job.timeout_s is None and job.retries == 0)
@@ -83,19 +91,42 @@ class _Running:
         self.results: list[Any] | None = [] if keep_results else None
 
 
-class _Item:
-    """One item of a job while it runs: its record, result slot and resume fingerprint."""
+class _Item(Entry):
+    """One item of a job while it runs: its record and result slot, and, when it runs as
+    a job of its own, the engine's entry for it (one object per item, no closures)."""
 
-    __slots__ = ("flow", "running", "index", "item", "record", "print_")
+    __slots__ = ("flow", "running", "index", "item", "record")
 
     def __init__(self, flow: FlowRun, running: _Running, index: int, item: Any,
-                 record: JobRecord, print_: str) -> None:
+                 record: JobRecord) -> None:
         self.flow = flow
         self.running = running
         self.index = index
         self.item = item
         self.record = record
-        self.print_ = print_
+
+    def entry(self) -> _Item:
+        """The item as a job of its own."""
+        running = self.running
+        job = running.job
+        self.job_id = self.record.id
+        self.kind = job.kind
+        self.limits = running.item_limits
+        self.retries = job.retries
+        self.backoff_s = job.backoff_s
+        self.needs = ()
+        self.remember = False
+        self.flow._live.add(self.job_id)
+        return self
+
+    def begin(self, attempt: int) -> Call:
+        self.start(time.time())
+        return self.running.make_call(self.item)
+
+    def finished(self, done: JobFinished) -> None:
+        self.flow._live.discard(done.job_id)
+        error = done.error.first_line if done.error is not None else None
+        self.finish(done.status, done.attempts, done.result, error, time.time())
 
     def start(self, now: float) -> None:
         if self.record.started is None:
@@ -124,13 +155,17 @@ class _Item:
             if running.results is not None:
                 running.results[self.index] = result
             if flow.store is not None:
-                flow.store.succeeded(record.id, self.print_, result,
+                key = "" if self.item is _NO_ITEM else item_key(self.item)
+                flow.store.succeeded(record.id, running.digest, key, result,
                                      keep_result=running.results is not None)
         else:
             running.failed = True
             flow.failed += 1
         running.in_flight -= 1
-        flow._wake_up()
+        # wake the run loop only when it has something to do: refill, or end the job
+        if running.in_flight == 0 or (not running.exhausted
+                                      and running.in_flight <= running.low_water):
+            flow._wake_up()
 
 
 class FlowRun:
@@ -240,7 +275,7 @@ class FlowRun:
             make_call = self._compile(job)
         except Exception as exc:  # validated at load; a module may still fail to import now
             make_call = _failing(exc)
-        running = _Running(job, items, keep, self._digest(job), make_call)
+        running = _Running(job, items, keep, self._digest(job), make_call, self._window(job))
         self._active[name] = running
         self._feed(running)
 
@@ -251,9 +286,8 @@ class FlowRun:
         return DEFAULT_WINDOW if conc is None else max(64, 2 * conc)
 
     def _feed(self, running: _Running) -> None:
-        window = self._window(running.job)
-        room = window - running.in_flight
-        if running.in_flight and room < min(64, window // 4):
+        room = running.window - running.in_flight
+        if running.in_flight > running.low_water:
             return  # refill in batches, not one item per finished one
         size = 1
         if running.chunked:
@@ -277,11 +311,11 @@ class FlowRun:
             room -= 1
             if len(group) == size:
                 batch.append(self._chunk(running, group) if running.chunked
-                             else self._single(group[0]))
+                             else group[0].entry())
                 group = []
         if group:
             batch.append(self._chunk(running, group) if running.chunked
-                         else self._single(group[0]))
+                         else group[0].entry())
         if batch:
             self.engine.submit(*batch)
         self._maybe_finished(running)
@@ -315,17 +349,14 @@ class FlowRun:
         }
         return fingerprint(definition, None, inputs)
 
-    def _item_print(self, running: _Running, item: Any) -> str:
-        return item_fingerprint(running.digest, None if item is _NO_ITEM else item)
-
     def _resumed(self, running: _Running, index: int, item: Any) -> bool:
         """Skip an item the last run did with the same inputs (``--resume``)."""
         if self._prior is None:
             return False
         job = running.job
         job_id = item_id(job.name, index) if job.foreach is not None else job.name
-        print_ = self._item_print(running, item)
-        ok, result = self._prior.match(job_id, print_, running.results is not None)
+        key = "" if item is _NO_ITEM else item_key(item)
+        ok, result = self._prior.match(job_id, running.digest, key, running.results is not None)
         if not ok:
             return False
         now = time.time()
@@ -334,7 +365,8 @@ class FlowRun:
         if running.results is not None:
             running.results.append(result)
         if self.store is not None:
-            self.store.succeeded(job_id, print_, result, keep_result=running.results is not None)
+            self.store.succeeded(job_id, running.digest, key, result,
+                                 keep_result=running.results is not None)
         self.done += 1
         self.resumed += 1
         self.report.resumed += 1
@@ -349,27 +381,8 @@ class FlowRun:
         self.report.records.append(record)
         if running.results is not None:
             running.results.append(None)
-        print_ = self._item_print(running, item) if self.store is not None else ""
         running.in_flight += 1
-        return _Item(self, running, index, item, record, print_)
-
-    def _single(self, it: _Item) -> Entry:
-        job = it.running.job
-        self._live.add(it.record.id)
-
-        def on_start(attempt: int) -> None:
-            it.start(time.time())
-
-        def on_done(done: JobFinished) -> None:
-            self._live.discard(done.job_id)
-            error = done.error.first_line if done.error is not None else None
-            it.finish(done.status, done.attempts, done.result, error, time.time())
-
-        return Entry(
-            it.record.id, job.kind, on_done, prepare=lambda _a: it.running.make_call(it.item),
-            retries=job.retries, backoff_s=job.backoff_s,
-            limits=(job.limit,) if job.limit else (), on_start=on_start,
-        )
+        return _Item(self, running, index, item, record)
 
     def _chunk(self, running: _Running, items: list[_Item]) -> Entry:
         """Several CPU items as one job (rule 5); each keeps its own record and outcome."""
@@ -410,10 +423,10 @@ class FlowRun:
             else:  # the chunk failed whole (its worker died): each item alone names the culprit
                 for it in items:
                     it.requeue()
-                self.engine.submit(*(self._single(it) for it in items))
+                self.engine.submit(*(it.entry() for it in items))
 
-        return Entry(chunk_id, job.kind, on_done, prepare=prepare,
-                     limits=(job.limit,) if job.limit else (), on_start=on_start)
+        return Entry(chunk_id, job.kind, on_done, prepare=prepare, limits=running.limits,
+                     on_start=on_start)
 
     def _compile(self, job: JobDef) -> Callable[[Any], Call]:
         """What builds one attempt's call from an item: templates compiled and the

@@ -1,13 +1,15 @@
 """Run state in SQLite, for ``--resume``. The only module that imports sqlite3.
 
 Every run of a flow records the jobs that succeeded in ``.asyncjobs/state.db`` beside
-the flow file (WAL mode): their id, fingerprint (definition, item and the inputs its
-templates use) and, when a template or the summary uses it, their result. That is all
-``--resume`` needs, and all that is written, because a row per job is on the hot path of
-a 100,000-job flow. ``--resume`` reads the last run of the same file: a job recorded
-there with the same fingerprint is not run again; its result is carried into the new
-run, so the run after that can resume from it too. (The full per-job record is
-``--report``'s.)
+the flow file (WAL mode): their id, fingerprint (a digest of the job's definition and of
+the inputs its templates use, shared by a ``foreach`` job's items), item key and, when a
+template or the summary uses it, their result. That is all ``--resume`` needs, and all
+that is written, because this is on the hot path of a 100,000-job flow: what succeeded
+since the last write goes as one msgpack blob, one row per write. (A row per job cost
+~6 µs per job, most of it the store thread and the event loop taking turns at the GIL.)
+``--resume`` reads the last run of the same file: a job recorded there with the same
+fingerprint and item is not run again; its result is carried into the new run, so the
+run after that can resume from it too. (The full per-job record is ``--report``'s.)
 
 All SQLite calls run on one thread of their own, so the event loop never waits on disk.
 """
@@ -28,17 +30,21 @@ import msgpack
 STATE_DIR = ".asyncjobs"
 KEEP_RUNS = 5
 FLUSH_EVERY_S = 0.5
-FLUSH_ROWS = 2000
 
+#: bumped when the tables change; a state file of another version is started afresh
+#: (it only ever saves work on ``--resume``, it never holds anything else)
+SCHEMA_VERSION = 3
+#: ``succeeded.jobs``: msgpack ``[[fingerprint, [[job_id, item_key, packed_result], ...]],
+#: ...]``, the jobs that succeeded since the previous write (packed_result: msgpack of the
+#: result, or nil when not kept)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, flow_path TEXT NOT NULL, flow_name TEXT NOT NULL,
     started REAL NOT NULL, ended REAL, status TEXT
 );
 CREATE TABLE IF NOT EXISTS succeeded (
-    run_id INTEGER NOT NULL, job_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    result BLOB, has_result INTEGER NOT NULL,
-    PRIMARY KEY (run_id, job_id)
+    run_id INTEGER NOT NULL, seq INTEGER NOT NULL, jobs BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 """
 
@@ -49,13 +55,23 @@ def fingerprint(definition: Any, item: Any, inputs: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def item_fingerprint(job_digest: str, item: Any) -> str:
-    """``fingerprint`` of one item of a job, cheap for the usual scalar items."""
+#: item keys longer than this are stored as their digest
+ITEM_KEY_CHARS = 64
+
+
+def item_key(item: Any) -> str:
+    """What tells one item of a ``foreach`` from another, as short text. Items are
+    mostly small scalars, and this runs for every item, so those are kept as they are
+    (no hashing); longer items are digested."""
+    if type(item) is int:
+        return str(item)
     if item is None or isinstance(item, int | float | str | bool):
-        text = f"{job_digest}:{type(item).__name__}:{item!r}"
+        text = f"{type(item).__name__}:{item!r}"
     else:
-        text = f"{job_digest}:json:{json.dumps(item, sort_keys=True, default=repr)}"
-    return hashlib.sha256(text.encode()).hexdigest()
+        text = "json:" + json.dumps(item, sort_keys=True, default=repr)
+    if len(text) <= ITEM_KEY_CHARS:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def pack_result(value: Any) -> bytes | None:
@@ -67,19 +83,21 @@ def pack_result(value: Any) -> bytes | None:
 
 
 class Prior:
-    """What the last run recorded as succeeded: job id -> (fingerprint, packed result)."""
+    """What the last run recorded as succeeded: job id -> (fingerprint, item key,
+    packed result)."""
 
-    def __init__(self, rows: dict[str, tuple[str, bytes | None]]) -> None:
+    def __init__(self, rows: dict[str, tuple[str, str, bytes | None]]) -> None:
         self.rows = rows
 
-    def match(self, job_id: str, print_: str, need_result: bool) -> tuple[bool, Any]:
+    def match(self, job_id: str, digest: str, key: str,
+              need_result: bool) -> tuple[bool, Any]:
         """Whether ``job_id`` may be skipped, and its result."""
         row = self.rows.get(job_id)
-        if row is None or row[0] != print_:
+        if row is None or row[0] != digest or row[1] != key:
             return False, None
-        if row[1] is None:
+        if row[2] is None:
             return (not need_result), None
-        return True, msgpack.unpackb(row[1], raw=False)
+        return True, msgpack.unpackb(row[2], raw=False)
 
 
 class RunStore:
@@ -95,7 +113,9 @@ class RunStore:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store")
         self._conn: sqlite3.Connection | None = None
         self._run_id: int | None = None
-        self._rows: list[tuple[Any, ...]] = []
+        #: fingerprint -> [(job id, item key, packed result or None)], not yet written
+        self._pending: dict[str, list[tuple[str, str, bytes | None]]] = {}
+        self._seq = 0
         self._flusher: asyncio.Task[None] | None = None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -116,6 +136,9 @@ class RunStore:
         conn = self._conn = sqlite3.connect(self.db_path)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.executescript("DROP TABLE IF EXISTS succeeded; DROP TABLE IF EXISTS runs;")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.executescript(_SCHEMA)
         prior = None
         if resume:
@@ -123,13 +146,14 @@ class RunStore:
                 "SELECT id FROM runs WHERE flow_path = ? ORDER BY id DESC LIMIT 1",
                 (self.flow_path,),
             ).fetchone()
-            rows: dict[str, tuple[str, bytes | None]] = {}
+            rows: dict[str, tuple[str, str, bytes | None]] = {}
             if last is not None:
-                for job_id, print_, result, has in conn.execute(
-                    "SELECT job_id, fingerprint, result, has_result FROM succeeded "
-                    "WHERE run_id = ?", (last[0],),
+                for (blob,) in conn.execute(
+                    "SELECT jobs FROM succeeded WHERE run_id = ? ORDER BY seq", (last[0],),
                 ):
-                    rows[job_id] = (print_, result if has else None)
+                    for digest, jobs in msgpack.unpackb(blob, raw=False):
+                        for job_id, key, result in jobs:
+                            rows[job_id] = (digest, key, result)
             prior = Prior(rows)
         cur = conn.execute(
             "INSERT INTO runs (flow_path, flow_name, started) VALUES (?, ?, ?)",
@@ -146,32 +170,37 @@ class RunStore:
         conn.commit()
         return prior
 
-    def succeeded(self, job_id: str, print_: str, result: Any = None, *,
+    def succeeded(self, job_id: str, digest: str, key: str, result: Any = None, *,
                   keep_result: bool) -> None:
         """Queue a job that succeeded; written within ``FLUSH_EVERY_S``.
 
+        :param digest: the job's ``fingerprint``
+        :param key: its item's ``item_key`` ("" for a job without ``foreach``)
         :param keep_result: store the result too (something after it uses it)
         """
         packed = pack_result(result) if keep_result else None
-        self._rows.append((self._run_id, job_id, print_, packed, packed is not None))
+        jobs = self._pending.get(digest)
+        if jobs is None:
+            jobs = self._pending[digest] = []
+        jobs.append((job_id, key, packed))
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
-            if self._rows:
+            if self._pending:
                 await self.flush()
 
     async def flush(self) -> None:
-        rows, self._rows = self._rows, []
-        if rows:
-            await self._call(self._write, rows)
+        pending, self._pending = self._pending, {}
+        if pending:
+            self._seq += 1
+            await self._call(self._write, self._seq, pending)
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, seq: int, pending: dict[str, list[tuple[str, str, bytes | None]]]) -> None:
         assert self._conn is not None
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO succeeded (run_id, job_id, fingerprint, result, has_result)"
-            " VALUES (?,?,?,?,?)", rows,
-        )
+        blob = msgpack.packb(list(pending.items()), use_bin_type=True)
+        self._conn.execute("INSERT INTO succeeded (run_id, seq, jobs) VALUES (?, ?, ?)",
+                           (self._run_id, seq, blob))
         self._conn.commit()
 
     async def close(self, status: str) -> None:

@@ -42,7 +42,7 @@ class _Match:
         return f"{self.cls.__name__}.match({args})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartAttempt(_Matchable):
     job_id: str
     #: 1 for the first run, 2 for the first retry, ...
@@ -50,7 +50,7 @@ class StartAttempt(_Matchable):
     stimulus_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelAttempt(_Matchable):
     """Stop a running attempt; answer with ``AttemptCancelled`` (or its result, if it won)."""
 
@@ -59,7 +59,7 @@ class CancelAttempt(_Matchable):
     stimulus_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobFinished(_Matchable):
     job_id: str
     #: a terminal status

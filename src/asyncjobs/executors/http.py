@@ -77,7 +77,7 @@ class HttpClient:
             connector = aiohttp.TCPConnector(limit=self._limit)
             self._session = aiohttp.ClientSession(connector=connector)
         async with self._session.request(
-            method, url, json=json, data=data, headers=dict(headers or {})
+            method, url, json=json, data=data, headers=headers or None
         ) as resp:
             ok = resp.status in expect if expect else 200 <= resp.status < 300
             if resp.content_type == "application/json" and ok:

@@ -29,17 +29,24 @@ class TaskExecutor:
         self.sink = sink
         self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
         self._cancelling: set[AttemptKey] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, key: AttemptKey, call: Call) -> None:
-        self._tasks[key] = asyncio.get_running_loop().create_task(self._run(key, call))
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._tasks[key] = loop.create_task(self._run(key, call))
 
-    async def _attempt(self, call: Call) -> Any:
-        """Run the call; return its result, or raise (``AttemptTimedOut`` past its timeout)."""
+    def _attempt(self, call: Call) -> Any:
+        """Start the call; return its result or an awaitable of it, or raise
+        (``AttemptTimedOut`` past its timeout)."""
         raise NotImplementedError
 
     async def _run(self, key: AttemptKey, call: Call) -> None:
         try:
-            result = await self._attempt(call)
+            result = self._attempt(call)
+            if inspect.isawaitable(result):
+                result = await result
         except AttemptTimedOut as timed_out:
             self.sink.failed(key, timed_out.info)
         except asyncio.CancelledError:
@@ -73,21 +80,21 @@ class TaskExecutor:
 class IoExecutor(TaskExecutor):
     """Runs each attempt as a coroutine in a task on the running loop."""
 
-    async def _attempt(self, call: Call) -> Any:
+    def _attempt(self, call: Call) -> Any:
         if call.timeout_s is None:
-            return await _invoke(call)
-        scope = asyncio.timeout(call.timeout_s)
+            # the job's own coroutine, awaited by the attempt's task: no frame between
+            return call.fn(*call.args, **call.kwargs)
+        return self._timed(call, call.timeout_s)
+
+    async def _timed(self, call: Call, timeout_s: float) -> Any:
+        scope = asyncio.timeout(timeout_s)
         try:
             async with scope:
-                return await _invoke(call)
+                result = call.fn(*call.args, **call.kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
         except TimeoutError:
             if not scope.expired():
                 raise  # the job's own TimeoutError: a failure like any other
-            raise AttemptTimedOut(timeout_info(call.timeout_s)) from None
-
-
-async def _invoke(call: Call) -> Any:
-    result = call.fn(*call.args, **call.kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+            raise AttemptTimedOut(timeout_info(timeout_s)) from None

@@ -109,11 +109,29 @@ def lookup(ref: Ref, ctx: TemplateContext) -> Any:
 
 
 def _as_text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
     if isinstance(value, str):
         return value
     if isinstance(value, dict | list | tuple | bool) or value is None:
         return json.dumps(value)
     return str(value)
+
+
+def _getter(ref: Ref) -> Callable[[TemplateContext], Any]:
+    """``lookup`` of one reference, with the common forms (``item``, ``params.X``) made
+    direct: compiled templates run once per foreach item."""
+    if ref.root == "item" and not ref.path:
+        def item(ctx: TemplateContext) -> Any:
+            value = ctx.item
+            if value is _MISSING:
+                return lookup(ref, ctx)  # raises, with the message
+            return value
+
+        return item
+    return lambda ctx: lookup(ref, ctx)
 
 
 def compile_template(value: Any) -> Callable[[TemplateContext], Any]:
@@ -127,17 +145,20 @@ def compile_template(value: Any) -> Callable[[TemplateContext], Any]:
             return lambda ctx: value
         whole = _TEMPLATE.fullmatch(value.strip())
         if whole and value.strip().count("{{") == 1:
-            ref = parse_expr(whole.group(1))
-            return lambda ctx: lookup(ref, ctx)
-        pieces: list[str | Ref] = []
+            return _getter(parse_expr(whole.group(1)))
+        pieces: list[str | Callable[[TemplateContext], Any]] = []
         last = 0
         for m in _TEMPLATE.finditer(value):
             pieces.append(value[last:m.start()])
-            pieces.append(parse_expr(m.group(1)))
+            pieces.append(_getter(parse_expr(m.group(1))))
             last = m.end()
         pieces.append(value[last:])
+        if len(pieces) == 3:  # "text {{ ref }} text", the usual form
+            head, get, tail = pieces
+            assert isinstance(head, str) and isinstance(tail, str) and callable(get)
+            return lambda ctx: head + _as_text(get(ctx)) + tail
         return lambda ctx: "".join(
-            p if isinstance(p, str) else _as_text(lookup(p, ctx)) for p in pieces
+            [p if isinstance(p, str) else _as_text(p(ctx)) for p in pieces]
         )
     if isinstance(value, list):
         if not references(value):
