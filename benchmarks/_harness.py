@@ -50,6 +50,9 @@ def emit(result: dict[str, object]) -> None:
 def run_child(script: str, variant: str, args: list[str]) -> dict[str, float]:
     """Run ``script --variant VARIANT ARGS`` in a fresh interpreter; return what it emitted."""
     env = dict(os.environ)
+    # as on a user's machine, where installed modules have their bytecode cached (some
+    # sandboxes set this, and every child would then compile all it imports)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # the repository root, for `examples`, and whatever PYTHONPATH picks the asyncjobs tree
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
@@ -86,3 +89,13 @@ def peak(runs: list[dict[str, float]], key: str) -> float:
 
 def fastest(runs: list[dict[str, float]]) -> float:
     return min(r["wall_s"] for r in runs)
+
+
+def paired_ratio(
+    base: list[dict[str, float]], ours: list[dict[str, float]]
+) -> tuple[float, float, float]:
+    """``base / ours`` wall time, round by round (the two ran minutes apart at most, on
+    the same server), as (median, lowest, highest): steadier than a ratio of medians
+    when the machine's speed drifts between rounds."""
+    ratios = sorted(b["wall_s"] / o["wall_s"] for b, o in zip(base, ours, strict=True))
+    return statistics.median(ratios), ratios[0], ratios[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -104,6 +105,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(lambda: _run_flow(plan, args))
 
 
+#: gen-0 threshold while a flow runs (CPython's default is 700)
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """This process is the run's alone, so tune the cyclic GC for it (a library embedded
+    in someone's app would not). What exists now (modules, classes, the plan) lives until
+    exit: freeze it, so no full collection walks it again. And collect the youngest
+    generation less often: a run makes many short-lived containers per job, and with
+    the defaults the collector took ~15 % of the CPU on the HTTP benchmark."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
     from .api import Runner
     from .flowrun import FlowRun
@@ -114,6 +131,7 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
     async with Runner(cpu_workers=args.cpu_workers) as runner:
         store = RunStore(args.file, plan.spec.name)
         flow = FlowRun(runner.engine, plan, env=os.environ, store=store, resume=args.resume)
+        _tune_gc()
         task = asyncio.ensure_future(flow.run())
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:

@@ -27,7 +27,6 @@ from .core.policy import Limit
 from .engine import KIND_LIMIT, Entry
 from .executors.base import Call
 from .executors.chunk import run_chunk
-from .executors.http import HttpClient
 from .executors.shell import run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
 
     from .core.commands import JobFinished
     from .engine import Engine
+    from .executors.http import HttpClient
     from .flow.plan import FlowPlan
     from .flow.spec import JobDef
     from .store import Prior, RunStore
@@ -196,7 +196,8 @@ class FlowRun:
         self.running = 0
         self._status: dict[str, JobStatus] = {}
         self._active: dict[str, _Running] = {}
-        self._http = HttpClient()
+        #: one pooled HTTP session for the run's http jobs (aiohttp is imported only then)
+        self._http: HttpClient | None = None
         self._wake: asyncio.Event | None = None
         #: ids of the engine jobs submitted and not yet finished (items or chunks)
         self._live: set[str] = set()
@@ -231,7 +232,8 @@ class FlowRun:
             raise
         finally:
             self.report.ended = time.time()
-            await self._http.aclose()
+            if self._http is not None:
+                await self._http.aclose()
             if self.store is not None:
                 status = "interrupted" if self.report.interrupted else (
                     "ok" if self.report.ok else "failed")
@@ -466,6 +468,10 @@ class FlowRun:
         assert isinstance(action, HttpAction)
         url, body = compile_template(action.url), compile_template(action.json)
         data, headers = compile_template(action.data), compile_template(action.headers)
+        if self._http is None:
+            from .executors.http import HttpClient
+
+            self._http = HttpClient()
         method, expect, request = action.method, action.expect, self._http.request
 
         def http(item: Any) -> Call:
