@@ -101,6 +101,16 @@ def test_import_is_light() -> None:
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
+def test_a_flow_without_http_jobs_does_not_import_aiohttp(tmp_path: Path) -> None:
+    # its import (~100 ms, TLS contexts included) would double a small flow's start-up
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  a: {shell: 'true'}\n")
+    code = ("import sys; from asyncjobs.cli import main; code = main(['run', 'jobs.yaml', "
+            "'--quiet']); print(code, 'aiohttp' in sys.modules)")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                       env=python_env(), cwd=tmp_path)
+    assert r.stdout.strip() == "0 False", r.stdout + r.stderr
+
+
 def test_version_command() -> None:
     r = subprocess.run([PYTHON, "-m", "asyncjobs", "--version"], capture_output=True,
                        text=True, env=python_env())

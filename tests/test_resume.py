@@ -119,3 +119,24 @@ async def test_chunked_cpu_items_resume_one_by_one(tmp_path: Path) -> None:
     grown = await run(path, resume=True, n=1000)
     assert grown.ok and grown.resumed == 800  # total's input changed: it runs again
     assert grown.results["total"] == sum(i * i for i in range(1000))
+
+
+async def test_a_state_file_of_an_older_layout_is_started_afresh(tmp_path: Path) -> None:
+    path = flow(tmp_path, FLOW)
+    state = tmp_path / ".asyncjobs"
+    state.mkdir()
+    with sqlite3.connect(state / "state.db") as db:  # the first layout: a row per job
+        db.executescript("""
+            CREATE TABLE runs (id INTEGER PRIMARY KEY, flow_path TEXT NOT NULL,
+                flow_name TEXT NOT NULL, started REAL NOT NULL, ended REAL, status TEXT);
+            CREATE TABLE succeeded (run_id INTEGER NOT NULL, job_id TEXT NOT NULL,
+                fingerprint TEXT NOT NULL, result BLOB, has_result INTEGER NOT NULL,
+                PRIMARY KEY (run_id, job_id)) WITHOUT ROWID;
+            INSERT INTO runs VALUES (1, 'x', 'x', 0, 1, 'ok');
+            INSERT INTO succeeded VALUES (1, 'step[0]', 'f', NULL, 0);
+        """)
+    (tmp_path / "ok.flag").write_text("")
+    first = await run(path, resume=True)
+    assert first.ok and first.resumed == 0 and len(runs_of(tmp_path / "log.txt")) == 4
+    second = await run(path, resume=True)  # and the new layout works from then on
+    assert second.ok and second.resumed == 5
