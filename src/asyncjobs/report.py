@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +19,21 @@ RESULT_SHOWN_CHARS = 120
 
 
 def _iso(ts: float | None) -> str | None:
+    """``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")``, with the
+    whole-second part cached: a 100,000-job report formats 200,000 of these."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    fraction, whole = math.modf(ts)  # rounded as datetime rounds: the fraction alone
+    micros = round(fraction * 1_000_000)
+    seconds = int(whole)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{_iso_second(seconds)}.{micros // 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @dataclass(slots=True)
@@ -98,12 +112,14 @@ class FlowReport:
 
     def to_json(self) -> dict[str, Any]:
         """The report as plain data (``write_json`` writes the same, streamed)."""
+        return {**self._head(), "jobs": [r.to_json() for r in self.records]}
+
+    def _head(self) -> dict[str, Any]:
         return {
             "flow": self.name, "file": self.path, "ok": self.ok,
             "interrupted": self.interrupted, "start": _iso(self.started),
             "end": _iso(self.ended), "wall_s": round(self.wall_s, 3),
             "counts": self.counts, "resumed": self.resumed,
-            "jobs": [r.to_json() for r in self.records],
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -111,10 +127,8 @@ class FlowReport:
         never built in memory whole. Parent folders are created."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        head = self.to_json()
-        del head["jobs"]
         with target.open("w") as out:
-            out.write(json.dumps(head)[:-1] + ', "jobs": [')
+            out.write(json.dumps(self._head())[:-1] + ', "jobs": [')
             for i, record in enumerate(self.records):
                 out.write(("\n" if i == 0 else ",\n") + json.dumps(record.to_json()))
             out.write("\n]}\n")
