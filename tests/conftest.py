@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -10,6 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
+    from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +52,13 @@ def no_leftover_children() -> Iterator[None]:
             return
         psutil.wait_procs(leftover, timeout=0.1)
     pytest.fail(f"child processes left behind: {[p.pid for p in leftover]}")
+
+
+def write_flow(tmp_path: Path, text: str) -> Path:
+    """Write ``text`` (dedented) as ``jobs.yaml`` in ``tmp_path``."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
 
 
 def python_env() -> dict[str, str]:

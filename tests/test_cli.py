@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import textwrap
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from .conftest import PYTHON, python_env
+from .conftest import PYTHON, python_env, write_flow
 from .procs import wait_until_gone_sync
 
 if TYPE_CHECKING:
@@ -20,11 +19,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.usefixtures("no_leftover_children")
 
 
-def flow_file(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "jobs.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
 
 def asyncjobs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "asyncjobs", *args], capture_output=True, text=True,
@@ -32,7 +26,7 @@ def asyncjobs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 
 
 def test_success_exits_0_with_summary_and_report(tmp_path: Path) -> None:
-    path = flow_file(tmp_path, """
+    path = write_flow(tmp_path, """
         name: sums
         params: {n: 3}
         jobs:
@@ -57,7 +51,7 @@ def test_success_exits_0_with_summary_and_report(tmp_path: Path) -> None:
 
 
 def test_failure_exits_1_and_names_it(tmp_path: Path) -> None:
-    path = flow_file(tmp_path, """
+    path = write_flow(tmp_path, """
         jobs:
           broken: {shell: "echo 'disk full' >&2; exit 4"}
           after: {needs: [broken], shell: "true"}
@@ -71,7 +65,7 @@ def test_failure_exits_1_and_names_it(tmp_path: Path) -> None:
 
 def test_bad_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         jobs:
           a: {{shell: "touch {marker}"}}
           b:
@@ -92,7 +86,7 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         limits: {{api: 5}}
         jobs:
           a: {{shell: "touch {marker}"}}
@@ -105,7 +99,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
 
 def test_ctrl_c_cancels_kills_and_still_summarises(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         jobs:
           quick: {{shell: "true"}}
           slow: {{shell: "echo $$ > {pid_file}; sleep 60"}}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import time
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from asyncjobs import FlowError, Runner
 from asyncjobs.model import JobStatus
 
+from .conftest import write_flow
 from .procs import wait_until_gone
 
 if TYPE_CHECKING:
@@ -63,11 +63,6 @@ async def api() -> AsyncIterator[Api]:
         await server.close()
 
 
-def flow_file(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "jobs.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
 
 async def run(path: Path, **params: object) -> object:
     async with Runner(cpu_workers=2) as runner:
@@ -75,7 +70,7 @@ async def run(path: Path, **params: object) -> object:
 
 
 async def test_limit_is_never_exceeded(tmp_path: Path, api: Api) -> None:
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         limits: {{api: 10}}
         jobs:
           create:
@@ -89,7 +84,7 @@ async def test_limit_is_never_exceeded(tmp_path: Path, api: Api) -> None:
 
 
 async def test_rate_is_kept_within_ten_percent(tmp_path: Path, api: Api) -> None:
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         limits: {{api: {{rate: 50/s}}}}
         jobs:
           ping: {{foreach: {{range: 100}}, limit: api, http: {{url: "{api.url}/p"}}}}
@@ -101,7 +96,7 @@ async def test_rate_is_kept_within_ten_percent(tmp_path: Path, api: Api) -> None
 
 
 async def test_http_retries_500_and_waits_for_429_retry_after(tmp_path: Path, api: Api) -> None:
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         defaults: {{retries: 3, backoff: 0.01}}
         jobs:
           a: {{http: {{url: "{api.url}/e500a"}}}}
@@ -116,7 +111,7 @@ async def test_http_retries_500_and_waits_for_429_retry_after(tmp_path: Path, ap
 
 async def test_needs_order_results_and_skips(tmp_path: Path) -> None:
     out = tmp_path / "order.txt"
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         params: {{n: 4}}
         jobs:
           setup: {{shell: "echo setup >> {out}"}}
@@ -141,7 +136,7 @@ async def test_needs_order_results_and_skips(tmp_path: Path) -> None:
 
 
 async def test_results_pass_between_jobs(tmp_path: Path) -> None:
-    path = flow_file(tmp_path, """
+    path = write_flow(tmp_path, """
         jobs:
           square: {foreach: [1, 2, 3], call: tests.jobs:square, args: ["{{ item }}"]}
           total: {call: tests.flow.calls:total, args: ["{{ results.square }}"]}
@@ -155,7 +150,7 @@ async def test_results_pass_between_jobs(tmp_path: Path) -> None:
 
 async def test_shell_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         jobs:
           slow:
             timeout: 0.5
@@ -170,7 +165,7 @@ async def test_shell_timeout_kills_the_whole_group(tmp_path: Path) -> None:
 async def test_a_big_foreach_holds_a_bounded_number_of_jobs(tmp_path: Path) -> None:
     from . import flowprobe
 
-    path = flow_file(tmp_path, """
+    path = write_flow(tmp_path, """
         jobs:
           many: {foreach: {range: 5000}, call: tests.flowprobe:probe, args: ["{{ item }}"]}
     """)
@@ -183,7 +178,7 @@ async def test_a_big_foreach_holds_a_bounded_number_of_jobs(tmp_path: Path) -> N
 
 async def test_bad_flow_raises_before_anything_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         jobs:
           a: {{shell: "touch {marker}"}}
           b: {{shell: "true", needs: [nope]}}
@@ -196,7 +191,7 @@ async def test_bad_flow_raises_before_anything_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("how", "error"), [("raise", "ValueError: bad item 700"),
                                              ("crash", "WorkerCrashed")])
 async def test_chunked_cpu_items_fail_alone(tmp_path: Path, how: str, error: str) -> None:
-    path = flow_file(tmp_path, f"""
+    path = write_flow(tmp_path, f"""
         jobs:
           square:
             foreach: {{range: 1500}}
@@ -219,7 +214,7 @@ async def test_chunked_cpu_items_fail_alone(tmp_path: Path, how: str, error: str
 
 
 async def test_chunked_results_keep_item_order(tmp_path: Path) -> None:
-    path = flow_file(tmp_path, """
+    path = write_flow(tmp_path, """
         jobs:
           square: {foreach: {range: 2000}, call: tests.jobs:square, args: ["{{ item }}"]}
           total: {call: tests.flow.calls:total, args: ["{{ results.square }}"]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import textwrap
 from typing import TYPE_CHECKING
 
 import msgpack
@@ -12,16 +11,13 @@ import pytest
 from asyncjobs import Runner
 from asyncjobs.model import JobStatus
 
+from .conftest import write_flow
+
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.usefixtures("no_leftover_children")
 
-
-def flow(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "jobs.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
 
 
 def runs_of(log: Path) -> list[str]:
@@ -48,7 +44,7 @@ FLOW = """
 
 
 async def test_resume_skips_what_succeeded_and_reruns_what_failed(tmp_path: Path) -> None:
-    path = flow(tmp_path, FLOW)
+    path = write_flow(tmp_path, FLOW)
     log = tmp_path / "log.txt"
     first = await run(path, resume=False)
     assert not first.ok and sorted(runs_of(log)) == ["hi-0", "hi-1", "hi-2"]
@@ -64,7 +60,7 @@ async def test_resume_skips_what_succeeded_and_reruns_what_failed(tmp_path: Path
 
 
 async def test_changed_inputs_run_again(tmp_path: Path) -> None:
-    path = flow(tmp_path, FLOW)
+    path = write_flow(tmp_path, FLOW)
     (tmp_path / "ok.flag").write_text("")
     log = tmp_path / "log.txt"
     await run(path, resume=False)
@@ -77,7 +73,7 @@ async def test_changed_inputs_run_again(tmp_path: Path) -> None:
 
 
 async def test_without_resume_everything_runs_and_is_recorded(tmp_path: Path) -> None:
-    path = flow(tmp_path, FLOW)
+    path = write_flow(tmp_path, FLOW)
     (tmp_path / "ok.flag").write_text("")
     await run(path, resume=False)
     again = await run(path, resume=False)
@@ -93,7 +89,7 @@ async def test_without_resume_everything_runs_and_is_recorded(tmp_path: Path) ->
 
 
 async def test_a_needed_result_that_is_not_plain_data_runs_again(tmp_path: Path) -> None:
-    path = flow(tmp_path, """
+    path = write_flow(tmp_path, """
         jobs:
           obj: {call: tests.flow.calls:opaque}
           use: {call: tests.flow.calls:fetch, args: ["{{ results.obj }}"]}
@@ -105,7 +101,7 @@ async def test_a_needed_result_that_is_not_plain_data_runs_again(tmp_path: Path)
 
 
 async def test_chunked_cpu_items_resume_one_by_one(tmp_path: Path) -> None:
-    path = flow(tmp_path, """
+    path = write_flow(tmp_path, """
         params: {n: 800}
         jobs:
           square:
@@ -122,7 +118,7 @@ async def test_chunked_cpu_items_resume_one_by_one(tmp_path: Path) -> None:
 
 
 async def test_a_state_file_of_an_older_layout_is_started_afresh(tmp_path: Path) -> None:
-    path = flow(tmp_path, FLOW)
+    path = write_flow(tmp_path, FLOW)
     state = tmp_path / ".asyncjobs"
     state.mkdir()
     with sqlite3.connect(state / "state.db") as db:  # the first layout: a row per job

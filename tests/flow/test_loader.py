@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,18 +12,15 @@ from asyncjobs.flow.plan import plan_flow
 from asyncjobs.flow.spec import CallAction, HttpAction, ShellAction
 from asyncjobs.model import JobKind
 
+from ..conftest import write_flow
+
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "jobs.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
 
 def error_of(tmp_path: Path, text: str, **params: str) -> FlowError:
-    path = write(tmp_path, text)
+    path = write_flow(tmp_path, text)
     with pytest.raises(FlowError) as info:
         plan_flow(load_flow(path, params))
     assert info.value.path == str(path)
@@ -71,7 +67,7 @@ jobs:
 
 
 def test_a_good_flow_loads_with_defaults_applied(tmp_path: Path) -> None:
-    spec = load_flow(write(tmp_path, GOOD))
+    spec = load_flow(write_flow(tmp_path, GOOD))
     assert spec.name == "demo" and spec.params == {"count": 3}
     assert spec.limits["api"].concurrency == 50 and spec.limits["api"].rate_per_s == 200
     assert spec.limits["db"].concurrency == 5 and spec.limits["db"].rate_per_s is None
@@ -89,11 +85,11 @@ def test_a_good_flow_loads_with_defaults_applied(tmp_path: Path) -> None:
 
 
 def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
-    assert load_flow(write(tmp_path, "jobs:\n  a: {shell: 'true'}\n")).name == "jobs"
+    assert load_flow(write_flow(tmp_path, "jobs:\n  a: {shell: 'true'}\n")).name == "jobs"
 
 
 def test_params_override_is_coerced_to_the_default_type(tmp_path: Path) -> None:
-    spec = load_flow(write(tmp_path, GOOD), {"count": "10"})
+    spec = load_flow(write_flow(tmp_path, GOOD), {"count": "10"})
     assert spec.params["count"] == 10
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,8 @@ from asyncjobs.errors import FlowError
 from asyncjobs.flow.loader import load_flow
 from asyncjobs.flow.plan import count_items, describe_plan, item_id, iter_items, plan_flow
 from asyncjobs.flow.template import TemplateContext, TemplateError, references, render
+
+from ..conftest import write_flow
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -63,14 +64,9 @@ def test_anything_but_a_dotted_name_is_refused(expr: str) -> None:
         references(expr)
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "flow.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
 
 def test_order_follows_needs_and_results_imply_needs(tmp_path: Path) -> None:
-    spec = load_flow(write(tmp_path, """
+    spec = load_flow(write_flow(tmp_path, """
         jobs:
           total:
             call: tests.flow.calls:total
@@ -90,7 +86,7 @@ def test_order_follows_needs_and_results_imply_needs(tmp_path: Path) -> None:
 
 def test_foreach_forms(tmp_path: Path) -> None:
     (tmp_path / "ids.txt").write_text("a\n\nb\nc\n")
-    spec = load_flow(write(tmp_path, """
+    spec = load_flow(write_flow(tmp_path, """
         params: {n: 4}
         jobs:
           listed: {shell: "echo {{ item }}", foreach: [x, y]}
@@ -106,7 +102,7 @@ def test_foreach_forms(tmp_path: Path) -> None:
 
 
 def test_a_million_items_are_never_listed(tmp_path: Path) -> None:
-    spec = load_flow(write(tmp_path, """
+    spec = load_flow(write_flow(tmp_path, """
         jobs:
           big: {shell: "true", foreach: {range: 1000000}}
     """))
@@ -117,7 +113,7 @@ def test_a_million_items_are_never_listed(tmp_path: Path) -> None:
 
 
 def test_bad_range_and_missing_lines_file(tmp_path: Path) -> None:
-    spec = load_flow(write(tmp_path, """
+    spec = load_flow(write_flow(tmp_path, """
         params: {n: lots}
         jobs:
           a: {shell: "true", foreach: {range: "{{ params.n }}"}}
@@ -131,7 +127,7 @@ def test_bad_range_and_missing_lines_file(tmp_path: Path) -> None:
 
 
 def test_describe_plan_shows_order_sizes_and_limits(tmp_path: Path) -> None:
-    spec = load_flow(write(tmp_path, """
+    spec = load_flow(write_flow(tmp_path, """
         params: {count: 5}
         limits: {api: {concurrency: 50, rate: 200/s}}
         jobs:
