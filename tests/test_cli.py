@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.usefixtures("no_leftover_children")
 
 
-
 def asyncjobs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PYTHON, "-m", "asyncjobs", *args], capture_output=True, text=True,
                           env=python_env(), timeout=timeout)

@@ -63,7 +63,6 @@ async def api() -> AsyncIterator[Api]:
         await server.close()
 
 
-
 async def run(path: Path, **params: object) -> object:
     async with Runner(cpu_workers=2) as runner:
         return await runner.run_flow(path, params=params or None)

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.usefixtures("no_leftover_children")
 
 
-
 def runs_of(log: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-
 def error_of(tmp_path: Path, text: str, **params: str) -> FlowError:
     path = write_flow(tmp_path, text)
     with pytest.raises(FlowError) as info:

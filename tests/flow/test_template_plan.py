@@ -64,7 +64,6 @@ def test_anything_but_a_dotted_name_is_refused(expr: str) -> None:
         references(expr)
 
 
-
 def test_order_follows_needs_and_results_imply_needs(tmp_path: Path) -> None:
     spec = load_flow(write_flow(tmp_path, """
         jobs:
