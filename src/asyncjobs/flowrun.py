@@ -51,6 +51,11 @@ _NO_ITEM = object()
 _DID_NOT_SUCCEED = frozenset({JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.CANCELLED})
 
 
+def _key(item: Any) -> str:
+    """The item's key in the resume state ("" for a job without ``foreach``)."""
+    return "" if item is _NO_ITEM else item_key(item)
+
+
 def _failing(exc: Exception) -> Callable[[Any], Call]:
     def fail(item: Any) -> Call:
         raise exc
@@ -155,7 +160,7 @@ class _Item(Entry):
             if running.results is not None:
                 running.results[self.index] = result
             if flow.store is not None:
-                key = "" if self.item is _NO_ITEM else item_key(self.item)
+                key = _key(self.item)
                 flow.store.succeeded(record.id, running.digest, key, result,
                                      keep_result=running.results is not None)
         else:
@@ -357,7 +362,7 @@ class FlowRun:
             return False
         job = running.job
         job_id = item_id(job.name, index) if job.foreach is not None else job.name
-        key = "" if item is _NO_ITEM else item_key(item)
+        key = _key(item)
         ok, result = self._prior.match(job_id, running.digest, key, running.results is not None)
         if not ok:
             return False
