@@ -41,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loops", type=int, default=1, metavar="N",
                      help="event loops (more than 1 comes with loop nodes)")
     run.add_argument("--connect", metavar="HOST:PORT",
-                     help="submit to a coordinator instead of running embedded")
+                     help="submit to a coordinator instead of running embedded "
+                          "(comes with the cluster)")
     run.add_argument("--report", metavar="PATH.json", help="write a JSON report of every job")
     run.add_argument("--resume", action="store_true",
-                     help="skip the jobs that succeeded in the last run of this file")
+                     help="skip the jobs that succeeded in the last run of this file "
+                          "with the same inputs")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the plan; run nothing")
     run.add_argument("--quiet", action="store_true",
