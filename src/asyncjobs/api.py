@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import importlib
-import inspect
 import itertools
 import os
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -14,8 +11,8 @@ from .engine import Engine, Entry
 from .errors import AsyncJobsError, JobCancelled, JobFailed, JobTimeout, RunnerClosed
 from .executors.base import Call
 from .mapper import MapRun
-from .marks import DEFAULTS_ATTR
 from .model import JobKind, JobStatus
+from .targets import resolve_target
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
@@ -27,54 +24,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-class _Target:
-    """A resolved callable with the settings its jobs run under."""
-
-    __slots__ = ("fn", "name", "kind", "timeout_s", "retries", "backoff_s")
-
-    def __init__(self, fn: Callable[..., Any] | str) -> None:
-        if isinstance(fn, str):
-            fn = resolve_ref(fn)
-        if not callable(fn):
-            raise TypeError(f"a job needs a callable or 'module:attribute', not {fn!r}")
-        self.fn = fn
-        inner: Any = fn
-        while isinstance(inner, functools.partial):
-            inner = inner.func
-        self.name = getattr(inner, "__name__", type(inner).__name__)
-        marks: dict[str, Any] = getattr(inner, DEFAULTS_ATTR, None) or {}
-        kind = marks.get("kind")
-        if kind is None:
-            is_async = inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(
-                getattr(inner, "__call__", None)  # noqa: B004 - async callable objects
-            )
-            kind = JobKind.IO if is_async else JobKind.CPU
-        self.kind: JobKind = kind
-        self.timeout_s: float | None = marks.get("timeout")
-        retries = marks.get("retries")
-        self.retries: int = 0 if retries is None else retries
-        backoff = marks.get("backoff")
-        self.backoff_s: float = 1.0 if backoff is None else backoff
-
-
-def resolve_ref(ref: str) -> Callable[..., Any]:
-    """Import ``"module:attribute"`` (attribute may be dotted).
-
-    :raises ValueError: if ``ref`` has no colon
-    :raises ImportError: if the module cannot be imported or lacks the attribute
-    """
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"expected 'module:attribute', got {ref!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
-    return obj  # type: ignore[no-any-return]
-
 
 def exception_for(done: JobFinished) -> AsyncJobsError:
     """The exception a job that did not succeed raises to whoever awaits it."""
@@ -238,7 +187,7 @@ class Runner:
         :raises ImportError: if a ``"module:attribute"`` cannot be imported
         """
         engine = self.engine
-        target = _Target(fn)
+        target = resolve_target(fn)
         job_id = f"{target.name}-{next(self._ids)}"
         handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop().create_future())
         engine.submit(Entry(
@@ -272,7 +221,7 @@ class Runner:
         :raises RunnerClosed: if the runner is not open
         """
         engine = self.engine
-        target = _Target(fn)
+        target = resolve_target(fn)
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         if window is None:

@@ -22,7 +22,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .api import resolve_ref
 from .core.policy import Limit
 from .engine import KIND_LIMIT, Entry
 from .executors.base import Call
@@ -35,6 +34,7 @@ from .mapper import chunk_size, measured
 from .model import JobKind, JobStatus
 from .report import FlowReport, JobRecord
 from .store import fingerprint, item_key
+from .targets import resolve_ref
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import asyncjobs
 
 
@@ -32,3 +34,14 @@ class Opaque:
 
 def opaque() -> Opaque:
     return Opaque()
+
+
+class AsyncCallable:
+    """An object whose ``__call__`` is a coroutine function: an io job."""
+
+    async def __call__(self, x: object = None) -> object:
+        return x
+
+
+async_object = AsyncCallable()
+async_partial = functools.partial(fetch, "partial")

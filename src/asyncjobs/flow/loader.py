@@ -4,8 +4,6 @@ key at fault and what was expected, and suggests the closest key for a typo."""
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +12,7 @@ import yaml
 from ..config import parse_duration, parse_rate
 from ..errors import FlowError
 from ..model import JobKind
+from ..targets import TargetError, resolve_target
 from .spec import (
     Action,
     CallAction,
@@ -28,7 +27,9 @@ from .template import references
 from .yamlnodes import Located, load_yaml
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    from ..targets import Target
 
 TOP_KEYS = ("name", "version", "params", "defaults", "limits", "jobs")
 DEFAULT_KEYS = ("retries", "backoff", "timeout")
@@ -38,7 +39,6 @@ JOB_KEYS = (*ACTIONS, "needs", "foreach", "limit", "kind", "retries", "backoff",
             "args", "kwargs", "env", "cwd")
 HTTP_KEYS = ("method", "url", "json", "data", "headers", "expect")
 FOREACH_KEYS = ("range", "lines")
-DEFAULTS_ATTR = "__asyncjobs_defaults__"
 
 
 def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -47,8 +47,23 @@ def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
 
 
 class _Checker:
-    def __init__(self, doc: Located) -> None:
+    def __init__(self, doc: Located, resolve: Callable[[str], Target]) -> None:
         self.doc = doc
+        self._resolve = resolve
+        #: each reference resolved once, however many jobs call it
+        self._targets: dict[str, Target | TargetError] = {}
+
+    def target(self, ref: str, key: str) -> Target:
+        found = self._targets.get(ref)
+        if found is None:
+            try:
+                found = self._resolve(ref)
+            except TargetError as exc:
+                found = exc
+            self._targets[ref] = found
+        if isinstance(found, TargetError):
+            raise self.fail(key, str(found))
+        return found
 
     def fail(self, key: str, message: str) -> Exception:
         return self.doc.error(key, message)
@@ -125,11 +140,15 @@ def load_flow(
     params_override: Mapping[str, Any] | None = None,
     *,
     text: str | None = None,
+    resolve: Callable[[str], Target] = resolve_target,
 ) -> FlowSpec:
     """Read, parse and validate a flow file.
 
     :param params_override: ``--param K=V`` values; text is coerced to each default's type
     :param text: the file's text, if already read
+    :param resolve: turns a ``call`` reference into its kind and job defaults, raising
+        ``TargetError``; the default imports it here (a cluster client may check
+        without importing)
     :raises FlowError: for the first problem found, with its line and key
     """
     path = Path(path)
@@ -139,7 +158,7 @@ def load_flow(
         except OSError as exc:
             raise FlowError(f"cannot read the flow file: {exc.strerror}", path=str(path)) from None
     doc = load_yaml(text, str(path))
-    ck = _Checker(doc)
+    ck = _Checker(doc, resolve)
     top = ck.mapping(doc.value, "", "a flow file")
     ck.keys(top, TOP_KEYS, "", "the flow file")
     if top.get("version", 1) != 1:
@@ -292,22 +311,9 @@ def _action(ck: _Checker, which: str, value: Any, key: str) -> tuple[Action, dic
                           data=data, headers=headers, expect=expect), {}
     if not isinstance(value, str) or ":" not in value:
         raise ck.fail(key, f"call must be 'module:attribute', got {value!r}")
-    module_name, _, attr = value.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ck.fail(key, f"cannot import module {module_name!r} for call {value!r}: "
-                      f"{type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ck.fail(key, f"module {module_name!r} has no attribute {attr!r}"
-                          f"{_suggest(part, [n for n in dir(target) if not n.startswith('_')])}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ck.fail(key, f"{value!r} is not callable")
-    marks = dict(getattr(target, DEFAULTS_ATTR, None) or {})
-    if marks.get("kind") is None:
-        marks["kind"] = JobKind.IO if inspect.iscoroutinefunction(target) else JobKind.CPU
+    target = ck.target(value, key)
+    marks = {"kind": target.kind, "retries": target.retries, "backoff": target.backoff_s,
+             "timeout": target.timeout_s}
     return CallAction(value), marks
 
 
