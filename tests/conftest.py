@@ -71,3 +71,13 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def cpu_pids(runner: Any) -> list[int]:
+    """PIDs of the cpu worker processes of an open embedded ``Runner``."""
+    from asyncjobs.executors.cpu import CpuPool
+    from asyncjobs.model import JobKind
+
+    pool = runner.engine.executors[JobKind.CPU]
+    assert isinstance(pool, CpuPool)
+    return pool.pids()

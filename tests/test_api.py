@@ -202,15 +202,43 @@ async def test_cancelling_the_awaiting_task_cancels_the_job() -> None:
     job_waiter = Waiter()
     started, cancelled, waits = job_waiter.started, job_waiter.cancelled, job_waiter.wait
 
+    async def awaits(job: asyncjobs.Job[None]) -> None:
+        await job
+
     async with Runner() as runner:
         job = runner.submit(waits)
-        waiter = asyncio.ensure_future(job)
+        waiter = asyncio.create_task(awaits(job))
         await started.wait()
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
         await asyncio.wait_for(cancelled.wait(), 5)
         assert job.status is JobStatus.CANCELLED
+        with pytest.raises(JobCancelled):
+            await job
+
+
+async def test_a_job_is_a_future_gather_and_wait_for_take_as_it_is() -> None:
+    job_waiter = Waiter()
+    async with Runner() as runner:
+        jobs_ = [runner.submit(jobs.aio_add, i, 1) for i in range(3)]
+        assert all(asyncio.ensure_future(j) is j for j in jobs_)  # no task per job
+        assert await asyncio.gather(*jobs_) == [1, 2, 3]
+        slow = runner.submit(job_waiter.wait)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow, 0.05)
+        await asyncio.wait_for(job_waiter.cancelled.wait(), 5)
+        assert slow.status is JobStatus.CANCELLED
+
+
+async def test_a_timeout_around_gather_cancels_every_job_and_raises_timeout() -> None:
+    job_waiter = Waiter()
+    async with Runner() as runner:
+        held = [runner.submit(job_waiter.wait) for _ in range(2)]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await asyncio.gather(*held)
+        assert [j.status for j in held] == [JobStatus.CANCELLED] * 2
 
 
 async def test_leaving_with_an_exception_cancels_running_jobs() -> None:

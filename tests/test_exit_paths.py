@@ -18,6 +18,7 @@ SCRIPT = """
 import asyncio, os, sys
 import asyncjobs
 from tests import jobs
+from tests.conftest import cpu_pids
 
 async def main():
     async with asyncjobs.Runner(cpu_workers=2) as runner:
@@ -26,7 +27,7 @@ async def main():
             runner.submit(jobs.hang, m)
         while not all(os.path.exists(m) for m in marks):
             await asyncio.sleep(0.01)
-        print(" ".join(map(str, runner.engine.cpu.pids())), flush=True)
+        print(" ".join(map(str, cpu_pids(runner))), flush=True)
         if sys.argv[1] == "raise":
             raise KeyboardInterrupt
         await asyncio.sleep(60)

@@ -9,6 +9,7 @@ import pytest
 from asyncjobs import JobFailed, Runner
 
 from . import jobs
+from .conftest import cpu_pids
 
 pytestmark = pytest.mark.usefixtures("no_leftover_children")
 N = 3000
@@ -54,7 +55,7 @@ async def test_an_item_that_kills_its_worker_is_named_alone() -> None:
         assert err.type_name == "WorkerCrashed" and err.job_id in err.message
         assert "exit code 7" in err.message
         assert sum(1 for r in out if isinstance(r, int)) == N - 1
-        assert len(runner.engine.cpu.pids()) == 2
+        assert len(cpu_pids(runner)) == 2
 
 
 async def test_map_raises_the_first_failure_of_a_chunk() -> None:

@@ -11,9 +11,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from asyncjobs import Runner, progress
-from asyncjobs.flow.loader import load_flow
-from asyncjobs.flow.plan import plan_flow
-from asyncjobs.flowrun import FlowRun
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,7 +34,7 @@ async def test_progress_reports_counts_while_a_flow_runs(
     """))
     stream = FakeTty() if live else io.StringIO()
     async with Runner() as runner:
-        run = FlowRun(runner.engine, plan_flow(load_flow(path)), env={})
+        run = runner.open_flow(path, env={})
         shown = progress.Progress(run, stream=stream)
         assert shown.live is live
         shown.start()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from .engine import Engine, Entry
-from .errors import AsyncJobsError, JobCancelled, JobFailed, JobTimeout, RunnerClosed
+from .backend import Entry
+from .engine import Engine, local_engine
+from .errors import JobCancelled, RunnerClosed, job_exception
 from .executors.base import Call
 from .mapper import MapRun
 from .model import JobKind, JobStatus
@@ -19,35 +20,33 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from .backend import Backend
     from .core.commands import JobFinished
+    from .flow.plan import FlowPlan
+    from .flowrun import FlowRun
     from .report import FlowReport
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-def exception_for(done: JobFinished) -> AsyncJobsError:
-    """The exception a job that did not succeed raises to whoever awaits it."""
-    err = done.error
-    if done.status is JobStatus.CANCELLED:
-        return JobCancelled(done.job_id, err.message if err else "cancelled")
-    if err is None:
-        return JobFailed(done.job_id, "Unknown", "no error was recorded", "", done.attempts)
-    cls = JobTimeout if err.timed_out else JobFailed
-    return cls(done.job_id, err.type_name, err.message, err.traceback, done.attempts)
+class Job(asyncio.Future[T]):
+    """A submitted job: an asyncio future of its result. Await it for the result; it
+    raises ``JobFailed``, ``JobTimeout`` or ``JobCancelled`` if the job did not succeed.
 
+    Being a future, it goes into ``asyncio.gather``, ``asyncio.wait`` and ``wait_for`` as
+    it is (no task per job). Cancelling it cancels the job (a running cpu job's worker is
+    killed); so does cancelling a task that awaits it, as with asyncio tasks. After
+    ``job.cancel()``, ``await job`` raises ``JobCancelled``; a task (or ``gather``) that
+    was itself cancelled gets ``CancelledError``, as asyncio's rules want.
+    """
 
-class Job(Generic[T]):
-    """A submitted job. Await it for its result; it raises ``JobFailed``, ``JobTimeout``
-    or ``JobCancelled`` if it did not succeed. Cancelling the task that awaits it
-    cancels the job too, as with an asyncio task."""
+    __slots__ = ("id", "_backend", "_final")
 
-    __slots__ = ("id", "_engine", "_future", "_final")
-
-    def __init__(self, job_id: str, engine: Engine, future: asyncio.Future[T]) -> None:
+    def __init__(self, job_id: str, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
         #: the job's id, e.g. ``"hits-17"``
         self.id = job_id
-        self._engine = engine
-        self._future = future
+        self._backend = backend
         self._final: JobStatus | None = None
 
     @property
@@ -55,39 +54,49 @@ class Job(Generic[T]):
         """Where the job is now: queued, running, retrying, or how it ended."""
         if self._final is not None:
             return self._final
-        return self._engine.status(self.id) or JobStatus.QUEUED
+        if self.cancelled():
+            return JobStatus.CANCELLED
+        return self._backend.status(self.id) or JobStatus.QUEUED
 
-    def done(self) -> bool:
-        return self._final is not None
-
-    def cancel(self) -> bool:
+    def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the job; a running attempt is stopped (a CPU job's worker is killed).
 
         :returns: False if the job had already finished
         """
-        if self._final is not None:
+        if self.done():
             return False
-        self._engine.cancel(self.id)
+        super().cancel(msg)
+        self._backend.cancel(self.id)
         return True
 
     def __await__(self) -> Generator[Any, None, T]:
-        try:
-            return (yield from self._future.__await__())
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
+        if not self.done():
+            self._asyncio_future_blocking = True
+            try:
+                yield self
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the awaiting task is being cancelled (and so was this job)
+            if not self.done():  # pragma: no cover - asyncio resumes us only when done
+                raise RuntimeError("await wasn't used with future")
+        if self.cancelled():
+            raise JobCancelled(self.id)
+        return self.result()
+
+    __iter__ = __await__
 
     def _finish(self, done: JobFinished) -> None:
         self._final = done.status
-        fut = self._future
-        if fut.done():
+        if self.done():
             return
         if done.status is JobStatus.SUCCEEDED:
-            fut.set_result(done.result)
+            self.set_result(done.result)
         else:
-            fut.set_exception(exception_for(done))
+            self.set_exception(job_exception(done.job_id, done.status, done.attempts,
+                                             done.error))
             if done.status is JobStatus.CANCELLED:
-                fut.exception()  # a cancelled job nobody awaits is not an error to log
+                self.exception()  # a cancelled job nobody awaits is not an error to log
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.status.value}>"
@@ -139,11 +148,12 @@ class Runner:
             raise ValueError(f"io_concurrency must be at least 1, not {io_concurrency}")
         self._engine: Engine | None = None
         self._ids = itertools.count(1)
+        self._scopes = itertools.count(1)
 
     async def __aenter__(self) -> Runner:
         if self._engine is not None:
             raise RuntimeError("this Runner is already open")
-        self._engine = Engine(
+        self._engine = local_engine(
             cpu_workers=self.cpu_workers,
             io_concurrency=self.io_concurrency,
             thread_workers=self.thread_workers,
@@ -189,7 +199,7 @@ class Runner:
         engine = self.engine
         target = resolve_target(fn)
         job_id = f"{target.name}-{next(self._ids)}"
-        handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop().create_future())
+        handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop())
         engine.submit(Entry(
             job_id, target.kind, handle._finish,
             call=Call(target.fn, args, kwargs, target.timeout_s),
@@ -229,10 +239,8 @@ class Runner:
         elif window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         return await MapRun(
-            engine, fn=target.fn, name=target.name, kind=target.kind,
-            timeout_s=target.timeout_s, retries=target.retries, backoff_s=target.backoff_s,
-            iterables=iterables, window=window, return_exceptions=return_exceptions,
-            ids=self._ids, exception_for=exception_for,
+            engine, target, iterables=iterables, window=window,
+            return_exceptions=return_exceptions, ids=self._ids,
         ).run()
 
     async def run_flow(
@@ -246,6 +254,9 @@ class Runner:
         """Run a jobs.yaml flow on this runner and return its report. Its state is kept
         in ``.asyncjobs/`` beside the file.
 
+        Several flows may run at once on one runner: each has its own named limits (two
+        files' ``api`` limits are two pools), and they share the runner's workers.
+
         :param params: overrides of the file's ``params`` (text is coerced to each
             default's type, as ``--param`` is)
         :param env: what templates see as ``env`` and shell jobs inherit (default: ours)
@@ -253,32 +264,45 @@ class Runner:
             the same inputs
         :returns: the ``FlowReport``; ``report.ok`` is true when every job succeeded
         :raises FlowError: for an invalid file, before anything runs
+        :raises RunInProgress: if another run of the same file is in progress
+        :raises RunnerClosed: if the runner is not open
+        """
+        return await self.open_flow(path, params=params, env=env, resume=resume).run()
+
+    def open_flow(
+        self,
+        path: str | Path,
+        *,
+        params: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        resume: bool = False,
+        plan: FlowPlan | None = None,
+    ) -> FlowRun:
+        """Validate a flow and make its run, without starting it (``await run.run()``
+        does; ``run_flow`` does both). The command line uses this to show progress.
+
+        :param plan: the file's plan, when already loaded (``path`` must be its file)
+        :raises FlowError: for an invalid file
         :raises RunnerClosed: if the runner is not open
         """
         from .flow.loader import load_flow
-        from .flow.plan import count_items, plan_flow
+        from .flow.plan import plan_flow
         from .flowrun import FlowRun
         from .store import RunStore
 
         engine = self.engine
-        plan = plan_flow(load_flow(path, params))
+        if plan is None:
+            plan = plan_flow(load_flow(path, params))
         run_env = os.environ if env is None else env
-        for name in plan.order:  # foreach sources are checked before anything runs
-            count_items(plan.spec.jobs[name], plan.spec, run_env)
-        store = RunStore(path, plan.spec.name)
-        run = FlowRun(engine, plan, env=run_env, store=store, resume=resume)
-        return await run.run()
+        return FlowRun(engine, plan, env=run_env, store=RunStore(path, plan.spec.name),
+                       resume=resume, scope=f"flow{next(self._scopes)}")
 
     def _default_window(self, kind: JobKind) -> int:
-        if kind is JobKind.CPU:
-            capacity: int | None = self.engine.cpu.capacity
-        elif kind is JobKind.THREAD:
-            capacity = self.thread_workers
-        else:
-            capacity = self.io_concurrency
+        capacity = self.engine.capacity(kind)
         if capacity is None:
             return 1024
-        return max(64, 2 * capacity)
+        # cpu: room for the few jobs each worker holds besides the one it runs
+        return max(64, (8 if kind is JobKind.CPU else 2) * capacity)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool = True) -> T:

@@ -125,14 +125,11 @@ def _tune_gc() -> None:
 
 async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
     from .api import Runner
-    from .flowrun import FlowRun
     from .progress import Progress
-    from .store import RunStore
 
     loop = asyncio.get_running_loop()
     async with Runner(cpu_workers=args.cpu_workers) as runner:
-        store = RunStore(args.file, plan.spec.name)
-        flow = FlowRun(runner.engine, plan, env=os.environ, store=store, resume=args.resume)
+        flow = runner.open_flow(args.file, plan=plan, resume=args.resume)
         _tune_gc()
         task = asyncio.ensure_future(flow.run())
         signals = (signal.SIGINT, signal.SIGTERM)

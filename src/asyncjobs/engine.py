@@ -1,9 +1,16 @@
-"""The engine: one per event loop. Feeds events to the pure scheduler and carries out the
-commands it returns, through the executors. All IO for jobs happens here or below."""
+"""The engine: one per event loop, and the ``Backend`` of an embedded ``Runner``. Feeds
+events to the pure scheduler and carries out the commands it returns, through the
+executors it is given. All IO for jobs happens here or below.
+
+Submissions, cancellations and executor reports all go through one inbox, in order, and
+the inbox is handed to the scheduler once per loop iteration: 10,000 ``submit`` calls
+made in one iteration cost one ``handle`` call, not 10,000 scheduler passes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from .core.commands import CancelAttempt, JobFinished, StartAttempt
@@ -14,116 +21,56 @@ from .core.events import (
     CancelRequested,
     Event,
     JobSubmitted,
+    LimitsDeclared,
+    LimitsReleased,
     Tick,
 )
 from .core.policy import Limit
 from .core.scheduler import SchedulerState
 from .errors import RunnerClosed
-from .executors.base import Call, error_info
-from .executors.cpu import CpuPool
-from .executors.io import IoExecutor
-from .executors.thread import ThreadExecutor
-from .model import JobKind
+from .model import ErrorInfo, JobKind, JobStatus
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
-    from .executors.base import AttemptKey, Executor
-    from .model import ErrorInfo, JobStatus
+    from .backend import Entry
+    from .core.policy import LimitSpec
+    from .executors.base import AttemptKey, Executor, Sink
 
+#: jobs each cpu worker holds: enough that it stays busy while a batch of answers
+#: travels back and the refill comes
+CPU_PREFETCH = 4
 #: the limit each kind's attempts hold; '@' keeps them apart from user-named limits
 KIND_LIMIT = {JobKind.IO: "@io", JobKind.CPU: "@cpu", JobKind.THREAD: "@thread"}
 
 
-class Entry:
-    """What the engine keeps for a job until it finishes.
-
-    The engine calls ``begin`` as each attempt starts and ``finished`` once at the end.
-    This class forwards them to the callbacks it was given; a subclass may override both
-    instead, so that one object per job is all a caller allocates (flows do, per item).
-    """
-
-    __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "on_start", "limits",
-                 "retries", "backoff_s", "needs", "remember")
-
-    def __init__(
-        self,
-        job_id: str,
-        kind: JobKind,
-        on_done: Callable[[JobFinished], None],
-        *,
-        call: Call | None = None,
-        prepare: Callable[[int], Call] | None = None,
-        retries: int = 0,
-        backoff_s: float = 1.0,
-        limits: tuple[str, ...] = (),
-        needs: tuple[str, ...] = (),
-        remember: bool = False,
-        on_start: Callable[[int], None] | None = None,
-    ) -> None:
-        if (call is None) == (prepare is None):
-            raise ValueError("give exactly one of call= and prepare=")
-        self.job_id = job_id
-        self.kind = kind
-        self.call = call
-        #: builds the call when an attempt starts (flows render templates then)
-        self.prepare = prepare
-        self.on_done = on_done
-        #: called with the attempt number as each attempt starts
-        self.on_start = on_start
-        self.limits = (KIND_LIMIT[kind], *limits)
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.needs = needs
-        self.remember = remember
-
-    def begin(self, attempt: int) -> Call:
-        """An attempt starts: return the call it runs (raising fails the attempt, for
-        good: a call that cannot be built will not build on a retry)."""
-        if self.on_start is not None:
-            self.on_start(attempt)
-        if self.call is not None:
-            return self.call
-        assert self.prepare is not None
-        return self.prepare(attempt)
-
-    def finished(self, done: JobFinished) -> None:
-        """The job ended (any terminal status)."""
-        self.on_done(done)
-
-
 class Engine:
-    """Runs jobs on the current event loop, its CPU pool and its thread pool.
+    """Runs jobs on the current event loop through the executors it is given.
 
-    :param cpu_workers: worker processes for ``cpu`` jobs (started on first use)
-    :param io_concurrency: most ``io`` attempts at once (None: no bound)
-    :param thread_workers: threads for ``thread`` jobs
-    :param limits: named limits jobs may hold besides their kind's
+    :param executors: builds one executor per kind, each reporting to the sink it is
+        handed (the engine)
+    :param concurrency: most attempts of each kind handed to its executor at once
+        (None: no bound)
+    :param capacity: most attempts of each kind that run at once, as ``capacity()``
+        says (default: ``concurrency``); less when an executor queues some itself (the
+        cpu pool holds a few per worker, so no worker waits for its next job)
+    :param rng: random source for retry jitter
     """
 
     def __init__(
         self,
+        executors: Callable[[Sink], Mapping[JobKind, Executor]],
+        concurrency: Mapping[JobKind, int | None],
         *,
-        cpu_workers: int,
-        io_concurrency: int | None,
-        thread_workers: int,
-        limits: Mapping[str, Limit] | None = None,
+        capacity: Mapping[JobKind, int | None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.cpu = CpuPool(self, cpu_workers)
-        self.io = IoExecutor(self)
-        self.thread = ThreadExecutor(self, thread_workers)
-        all_limits = {
-            "@io": Limit(concurrency=io_concurrency),
-            "@cpu": Limit(concurrency=self.cpu.capacity),
-            "@thread": Limit(concurrency=thread_workers),
-        }
-        all_limits.update(limits or {})
-        self.core = SchedulerState(all_limits, rng=rng)
-        self._executors: dict[JobKind, Executor] = {
-            JobKind.IO: self.io, JobKind.CPU: self.cpu, JobKind.THREAD: self.thread
-        }
+        self.executors: dict[JobKind, Executor] = dict(executors(self))
+        self._capacity = dict(concurrency if capacity is None else capacity)
+        self.core = SchedulerState(
+            {KIND_LIMIT[k]: Limit(concurrency=n) for k, n in concurrency.items()}, rng=rng
+        )
         self._entries: dict[str, Entry] = {}
         self._inbox: list[Event] = []
         self._busy = False
@@ -133,50 +80,34 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
         self._closed = False
+        self._batches = itertools.count(1)
 
-    # -- public -----------------------------------------------------------------------
+    # -- Backend ----------------------------------------------------------------------
 
     def submit(self, *entries: Entry) -> None:
-        """Hand jobs to the scheduler; each entry's ``on_done`` is called once at its end.
+        """Hand jobs to the scheduler at the end of this loop iteration; each entry's
+        ``finished`` is called once at its end.
 
         :raises RunnerClosed: once the engine is closing
-        :raises ValueError: for a duplicate id, an unknown need or an unknown limit
+        :raises ValueError: for an id already in use (nothing of the call is taken)
         """
         if self._closed:
             raise RunnerClosed("the runner is closed; open it with 'async with Runner()'")
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        if self._inbox and not self._busy:
-            self._feed(())  # reports first: a bad submission must not take them down with it
-        now = loop.time()
-        events = []
+        known = self._entries
         for entry in entries:
-            self._entries[entry.job_id] = entry
-            events.append(JobSubmitted(
-                entry.job_id, entry.limits, entry.retries, entry.backoff_s, entry.needs,
-                entry.remember, now,
+            if entry.job_id in known:
+                raise ValueError(f"job {entry.job_id!r} was submitted twice")
+        if len(entries) > 1 and len({e.job_id for e in entries}) < len(entries):
+            raise ValueError("one submit() names a job id twice")
+        now = self._now()
+        inbox = self._inbox
+        for entry in entries:
+            known[entry.job_id] = entry
+            inbox.append(JobSubmitted(
+                entry.job_id, (KIND_LIMIT[entry.kind], *entry.limits), entry.retries,
+                entry.backoff_s, now,
             ))
-        try:
-            self._feed(events)
-        except ValueError:
-            for entry in entries:
-                if self.core.status(entry.job_id) is None:
-                    self._entries.pop(entry.job_id, None)
-            raise
-
-    def add_limit(self, name: str, limit: Limit) -> None:
-        """Declare a named limit jobs may then hold.
-
-        :raises ValueError: if the name is taken
-        """
-        if name in self.core.limits:
-            raise ValueError(f"limit {name!r} is already defined")
-        self.core.limits[name] = limit
-
-    def remove_limit(self, name: str) -> None:
-        """Forget a named limit once no job holds or names it."""
-        self.core.limits.pop(name, None)
+        self._drain_soon()
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
         """Cancel a job: it ends ``cancelled``; a running attempt is stopped for real."""
@@ -185,6 +116,21 @@ class Engine:
 
     def status(self, job_id: str) -> JobStatus | None:
         return self.core.status(job_id)
+
+    def capacity(self, kind: JobKind) -> int | None:
+        return self._capacity[kind]
+
+    def declare_limits(self, scope: str, limits: Mapping[str, LimitSpec]) -> None:
+        """Declare a scope's limits (at once, so a bad one raises here).
+
+        :raises ValueError: if the scope is declared already or a limit is invalid
+        """
+        self._feed([LimitsDeclared(scope, dict(limits), self._now(), f"declare-{scope}")])
+
+    def release_limits(self, scope: str) -> None:
+        self._feed([LimitsReleased(scope, self._now(), f"release-{scope}")])
+
+    # -- the runner's own -------------------------------------------------------------
 
     @property
     def pending(self) -> int:
@@ -199,7 +145,7 @@ class Engine:
 
     async def aclose(self, *, cancel: bool) -> None:
         """Stop the engine. With ``cancel`` unfinished jobs are cancelled; otherwise they
-        are awaited first. Either way every worker process is gone when this returns."""
+        are awaited first. Either way every executor is closed when this returns."""
         try:
             if not cancel:
                 await self.wait_idle()
@@ -208,11 +154,11 @@ class Engine:
             try:
                 for job_id in list(self._entries):
                     self.cancel(job_id, "cancelled: its runner closed")
-                await self.io.aclose()
-                await self.thread.aclose()
-                await self.cpu.aclose()
+                for executor in self.executors.values():
+                    await executor.aclose()
             finally:
-                self.cpu.kill_all()
+                for executor in self.executors.values():
+                    executor.kill_all()
                 if self._timer is not None:
                     self._timer.cancel()
 
@@ -230,27 +176,34 @@ class Engine:
         self._report(AttemptCancelled(key[0], key[1], self._now(), stimulus))
 
     def _report(self, event: Event) -> None:
-        # Attempts that end in the same loop iteration cost one pass of the scheduler
-        # (one dispatch, one timer check), not one each: the pass runs once at the
-        # start of the next iteration.
         self._inbox.append(event)
+        self._drain_soon()
+
+    def _drain_soon(self) -> None:
+        # What arrives in one loop iteration costs one pass of the scheduler (one
+        # dispatch, one timer check), not one each: the pass runs once at the start of
+        # the next iteration.
         if not self._busy and not self._drain_due:
             self._drain_due = True
-            assert self._loop is not None
-            self._loop.call_soon(self._drain)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         self._drain_due = False
         if self._inbox:
-            self._feed(())
+            self._feed([])
 
     # -- driving the core -------------------------------------------------------------
 
     def _now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
-    def _feed(self, events: Iterable[Event]) -> None:
+    def _feed(self, events: list[Event]) -> None:
         self._inbox.extend(events)
         if self._busy:
             return  # re-entered from a command: the outer loop picks these up
@@ -258,10 +211,35 @@ class Engine:
         try:
             while self._inbox:
                 batch, self._inbox = self._inbox, []
-                self._execute(self.core.handle(*batch))
+                try:
+                    commands = self.core.handle(*batch)
+                except (ValueError, TypeError):
+                    commands = self._one_by_one(batch)
+                self._execute(commands)
         finally:
             self._busy = False
         self._arm_timer()
+
+    def _one_by_one(self, batch: list[Event]) -> list[Any]:
+        """A batch the scheduler refused (it applied none of it): apply its events one
+        at a time, so one bad event fails alone. A refused submission ends its job
+        failed, so nothing waits on it forever; a refused declaration raises to its
+        caller once the rest is applied."""
+        commands: list[Any] = []
+        refused: Exception | None = None
+        for event in batch:
+            try:
+                commands += self.core.handle(event)
+            except (ValueError, TypeError) as exc:
+                if type(event) is JobSubmitted:
+                    error = ErrorInfo.from_exception(exc, retryable=False)
+                    commands.append(JobFinished(event.job_id, JobStatus.FAILED, 0, None, error))
+                elif refused is None:
+                    refused = exc
+        if refused is not None:
+            self._execute(commands)
+            raise refused
+        return commands
 
     def _execute(self, commands: list[Any]) -> None:
         entries = self._entries
@@ -273,9 +251,9 @@ class Engine:
                 try:
                     call = entry.begin(cmd.attempt)
                 except Exception as exc:
-                    self.failed(key, error_info(exc, retryable=False))
+                    self.failed(key, ErrorInfo.from_exception(exc, retryable=False))
                     continue
-                self._executors[entry.kind].start(key, call)
+                self.executors[entry.kind].start(key, call)
             elif kind is JobFinished:
                 entry = entries.pop(cmd.job_id)
                 entry.finished(cmd)
@@ -283,7 +261,7 @@ class Engine:
                     self._idle.set()
             elif kind is CancelAttempt:
                 entry = entries[cmd.job_id]
-                self._executors[entry.kind].cancel((cmd.job_id, cmd.attempt))
+                self.executors[entry.kind].cancel((cmd.job_id, cmd.attempt))
 
     def _arm_timer(self) -> None:
         wake = self.core.next_wake()
@@ -300,3 +278,24 @@ class Engine:
         self._timer = None
         self._timer_at = None
         self._feed([Tick(self._now(), "tick")])
+
+
+def local_engine(
+    *, cpu_workers: int, io_concurrency: int | None, thread_workers: int,
+    rng: random.Random | None = None,
+) -> Engine:
+    """The engine of an embedded ``Runner``: coroutines on this loop, a pool of worker
+    processes for ``cpu`` jobs (started on first use), a pool of threads."""
+    from .executors.cpu import CpuPool
+    from .executors.io import IoExecutor
+    from .executors.thread import ThreadExecutor
+
+    def executors(sink: Sink) -> dict[JobKind, Executor]:
+        return {JobKind.IO: IoExecutor(sink),
+                JobKind.CPU: CpuPool(sink, cpu_workers, prefetch=CPU_PREFETCH),
+                JobKind.THREAD: ThreadExecutor(sink, thread_workers)}
+
+    capacity = {JobKind.IO: io_concurrency, JobKind.CPU: cpu_workers,
+                JobKind.THREAD: thread_workers}
+    held = {**capacity, JobKind.CPU: cpu_workers * CPU_PREFETCH}
+    return Engine(executors, held, capacity=capacity, rng=rng)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import ErrorInfo, JobStatus
+
 
 class AsyncJobsError(Exception):
     """Root of every error asyncjobs raises on purpose."""
@@ -18,6 +23,8 @@ class JobFailed(AsyncJobsError):
     :param message: the original exception's message
     :param traceback: the original traceback as text (may be empty)
     :param attempts: how many attempts were made
+    :param where: where the last attempt ran, when not in this process ("pid 4242", a
+        node's name)
     """
 
     def __init__(
@@ -27,6 +34,7 @@ class JobFailed(AsyncJobsError):
         message: str,
         traceback: str = "",
         attempts: int = 1,
+        where: str = "",
     ) -> None:
         super().__init__(job_id, type_name, message)
         self.job_id = job_id
@@ -34,6 +42,15 @@ class JobFailed(AsyncJobsError):
         self.message = message
         self.traceback = traceback
         self.attempts = attempts
+        self.where = where
+
+    @classmethod
+    def from_error(cls, job_id: str, error: ErrorInfo, attempts: int = 1) -> JobFailed:
+        """The exception for a job whose last attempt failed with ``error``: a
+        ``JobTimeout`` when it ran past its timeout."""
+        kind = JobTimeout if error.timed_out else cls
+        return kind(job_id, error.type_name, error.message, error.traceback, attempts,
+                    error.where)
 
     def __str__(self) -> str:
         tries = "1 attempt" if self.attempts == 1 else f"{self.attempts} attempts"
@@ -96,3 +113,13 @@ class PoolClosed(AsyncJobsError, RuntimeError):
 
 class RunnerClosed(AsyncJobsError, RuntimeError):
     """The Runner is not open: use it as ``async with Runner() as runner``."""
+
+
+def job_exception(job_id: str, status: JobStatus, attempts: int,
+                  error: ErrorInfo | None) -> AsyncJobsError:
+    """What awaiting a job that ended ``status`` (not succeeded) raises."""
+    if status == "cancelled":
+        return JobCancelled(job_id, error.message if error else "cancelled")
+    if error is None:
+        return JobFailed(job_id, "Unknown", "no error was recorded", "", attempts)
+    return JobFailed.from_error(job_id, error, attempts)

@@ -1,18 +1,21 @@
-"""Running a planned flow on the engine.
+"""Running a planned flow on a ``Backend`` (the engine embedded; a coordinator's link later).
 
 Rules:
 
-1. A job starts once every job it needs has succeeded; if one did not, it is skipped, and
-   so are the jobs needing it. Other branches keep running.
-2. A ``foreach`` job's items are fed to the engine as room frees (at most ``window`` in
+1. Which job of the file may start is ``flow.state.FlowState``'s to say: a job starts
+   once every job it needs has succeeded; if one did not, it is skipped, and so are the
+   jobs needing it. Other branches keep running. This module only carries that out.
+2. A ``foreach`` job's items are fed to the backend as room frees (at most ``window`` in
    flight), so 100,000 items never mean 100,000 live jobs or coroutines.
 3. Templates are rendered when an attempt starts, from the results of the jobs it needs;
    a template that names something missing fails that job, not the run.
 4. Results are kept only for jobs some template uses (``{{ results.JOB }}``); a foreach
    job's result is the list of its items' results, in item order.
-5. Small CPU calls (no timeout, no retries) go to workers in chunks sized as
-   ``Runner.map`` sizes them; each item keeps its own record, result and error, and a
+5. Small CPU calls (no timeout, no retries) go to workers in chunks (``core.chunking``,
+   as ``Runner.map``); each item keeps its own record, result, error and time, and a
    chunk whose worker died is run again one item per job, so the culprit is named alone.
+6. The run's named limits are declared in a scope of its own, so two flows' ``api``
+   limits are two pools, and released when the run ends, however it ends.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .core.policy import Limit
-from .engine import KIND_LIMIT, Entry
+from .backend import Entry
+from .core.chunking import Chunker
+from .core.policy import LimitSpec, scoped
 from .executors.base import Call
 from .executors.chunk import run_chunk
 from .executors.shell import run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
+from .flow.state import FlowFinished, FlowStarted, FlowState, JobEnded, SkipJob, StartJob
 from .flow.template import TemplateContext, compile_template, references
-from .mapper import chunk_size, measured
-from .model import JobKind, JobStatus
+from .model import ErrorInfo, JobKind, JobStatus
 from .report import FlowReport, JobRecord
 from .store import fingerprint, item_key
 from .targets import resolve_ref
@@ -39,16 +43,16 @@ from .targets import resolve_ref
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
+    from .backend import Backend
     from .core.commands import JobFinished
-    from .engine import Engine
     from .executors.http import HttpClient
     from .flow.plan import FlowPlan
     from .flow.spec import JobDef
+    from .flow.state import FlowCommand, FlowEvent
     from .store import Prior, RunStore
 
 DEFAULT_WINDOW = 1024
 _NO_ITEM = object()
-_DID_NOT_SUCCEED = frozenset({JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.CANCELLED})
 
 
 def _key(item: Any) -> str:
@@ -67,31 +71,28 @@ class _Running:
     """One job of the file while its items run."""
 
     __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted",
-                 "digest", "make_call", "chunked", "item_s", "limits", "item_limits", "window",
-                 "low_water")
+                 "digest", "make_call", "chunker", "limits", "window", "low_water",
+                 "cancelled")
 
     def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool,
-                 digest: str, make_call: Callable[[Any], Call], window: int) -> None:
+                 digest: str, make_call: Callable[[Any], Call], window: int,
+                 limits: tuple[str, ...], chunker: Chunker | None) -> None:
         self.job = job
         #: most items in flight; refilled in batches once no more than ``low_water`` are
         self.window = window
         self.low_water = window - min(64, window // 4)
         self.make_call = make_call
-        #: the limits an item's attempt holds: a chunk's (``Entry`` adds the kind's) ...
-        self.limits = (job.limit,) if job.limit else ()
-        #: ... and an item's own, as the engine wants them
-        self.item_limits = (KIND_LIMIT[job.kind], *self.limits)
+        #: the scoped limits an item's (or a chunk's) attempt holds besides its kind's
+        self.limits = limits
         #: small CPU calls go to workers in chunks (rule 5)
-        self.chunked = (job.kind is JobKind.CPU and isinstance(job.action, CallAction)
-                        and job.timeout_s is None and job.retries == 0)
-        #: seconds per item, as workers measured it (None until a chunk reports)
-        self.item_s: float | None = None
+        self.chunker = chunker
         #: fingerprint of the job's definition and of the inputs its templates use
         self.digest = digest
         self.items = items
         self.next_index = 0
         self.in_flight = 0
         self.failed = False
+        self.cancelled = False
         self.exhausted = False
         self.results: list[Any] | None = [] if keep_results else None
 
@@ -116,11 +117,9 @@ class _Item(Entry):
         job = running.job
         self.job_id = self.record.id
         self.kind = job.kind
-        self.limits = running.item_limits
+        self.limits = running.limits
         self.retries = job.retries
         self.backoff_s = job.backoff_s
-        self.needs = ()
-        self.remember = False
         self.flow._live.add(self.job_id)
         return self
 
@@ -165,27 +164,29 @@ class _Item(Entry):
                                      keep_result=running.results is not None)
         else:
             running.failed = True
+            if status is JobStatus.CANCELLED:
+                running.cancelled = True
             flow.failed += 1
         running.in_flight -= 1
-        # wake the run loop only when it has something to do: refill, or end the job
-        if running.in_flight == 0 or (not running.exhausted
-                                      and running.in_flight <= running.low_water):
-            flow._wake_up()
+        if running.in_flight <= running.low_water:
+            flow._feed(running)  # refill, or end the job
 
 
 class FlowRun:
-    """Runs one flow plan on an engine; ``report`` fills in as jobs end.
+    """Runs one flow plan on a backend; ``report`` fills in as jobs end.
 
     :param env: the environment templates see as ``env`` and shell jobs inherit
+    :param scope: a name for this run's limits, unique among the backend's open runs
     """
 
     def __init__(
-        self, engine: Engine, plan: FlowPlan, *, env: Mapping[str, str],
-        store: RunStore | None = None, resume: bool = False,
+        self, backend: Backend, plan: FlowPlan, *, env: Mapping[str, str],
+        store: RunStore | None = None, resume: bool = False, scope: str = "flow",
     ) -> None:
-        self.engine = engine
+        self.backend = backend
         self.store = store
         self.resume = resume
+        self.scope = scope
         self._prior: Prior | None = None
         #: jobs not run again because the last run had done them (``--resume``)
         self.resumed = 0
@@ -199,80 +200,94 @@ class FlowRun:
         self.done = 0
         self.failed = 0
         self.running = 0
-        self._status: dict[str, JobStatus] = {}
+        self.state = FlowState(plan.order, plan.needs)
+        self._inbox: list[FlowEvent] = []
+        self._busy = False
         self._active: dict[str, _Running] = {}
         #: one pooled HTTP session for the run's http jobs (aiohttp is imported only then)
         self._http: HttpClient | None = None
-        self._wake: asyncio.Event | None = None
-        #: ids of the engine jobs submitted and not yet finished (items or chunks)
+        self._finished: asyncio.Future[None] | None = None
+        #: ids of the backend jobs submitted and not yet finished (items or chunks)
         self._live: set[str] = set()
-        self._counts = {n: count_items(self.spec.jobs[n], self.spec, self.env)
-                        for n in plan.order}
-        self.total = sum(self._counts.values())
+        #: items per job, counted once (None: a lines file, known once read)
+        self._counts: dict[str, int | None] = {
+            n: count_items(self.spec.jobs[n], self.spec, self.env) for n in plan.order
+        }
+        self.total = sum(n or 0 for n in self._counts.values())
 
     async def run(self) -> FlowReport:
         """Run every job; return the report (also on cancellation, marked interrupted).
 
         :raises asyncio.CancelledError: after cancelling what runs, when cancelled
         """
-        self._wake = asyncio.Event()
-        if self.store is not None:
-            self._prior = await self.store.open(resume=self.resume)
-        for name, lim in self.spec.limits.items():
-            self.engine.add_limit(name, Limit(concurrency=lim.concurrency,
-                                              rate_per_s=lim.rate_per_s))
+        self._finished = asyncio.get_running_loop().create_future()
+        declared = False
         try:
-            self._start_ready()
-            while not all(self._status.get(n, JobStatus.PENDING).terminal
-                          for n in self.plan.order):
-                await self._wake.wait()
-                self._wake.clear()
-                for running in list(self._active.values()):
-                    self._feed(running)
-                self._start_ready()
+            if self.store is not None:
+                self._prior = await self.store.open(resume=self.resume)
+            if self.spec.limits:
+                self.backend.declare_limits(self.scope, {
+                    name: LimitSpec(lim.concurrency, lim.rate_per_s)
+                    for name, lim in self.spec.limits.items()
+                })
+                declared = True
+            self._handle(FlowStarted(f"{self.scope}-start"))
+            await self._finished
         except BaseException:
             self.report.interrupted = True
             for job_id in list(self._live):
-                self.engine.cancel(job_id, "cancelled: the run was interrupted")
+                self.backend.cancel(job_id, "cancelled: the run was interrupted")
             raise
         finally:
             self.report.ended = time.time()
-            if self._http is not None:
-                await self._http.aclose()
-            if self.store is not None:
-                status = "interrupted" if self.report.interrupted else (
-                    "ok" if self.report.ok else "failed")
-                await self.store.close(status)
-            if not self._active:
-                for name in self.spec.limits:
-                    self.engine.remove_limit(name)
+            try:
+                if declared:
+                    self.backend.release_limits(self.scope)
+                if self._http is not None:
+                    await self._http.aclose()
+            finally:
+                if self.store is not None:
+                    status = "interrupted" if self.report.interrupted else (
+                        "ok" if self.report.ok else "failed")
+                    await self.store.close(status)
         return self.report
 
-    # -- jobs of the file -------------------------------------------------------------
+    # -- jobs of the file (rule 1) ----------------------------------------------------
 
-    def _start_ready(self) -> None:
-        for name in self.plan.order:
-            if name in self._status:
-                continue
-            needs = self.plan.needs[name]
-            bad = [n for n in needs if self._status.get(n) in _DID_NOT_SUCCEED]
-            if bad:
-                self._skip(name, bad[0])
-            elif all(self._status.get(n) is JobStatus.SUCCEEDED for n in needs):
-                self._start(name)
+    def _handle(self, event: FlowEvent) -> None:
+        """Feed the flow's state machine; carry out what it says. Re-entered from a
+        command (a job whose items were all resumed ends at once), it queues."""
+        self._inbox.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._inbox:
+                batch, self._inbox = self._inbox, []
+                for cmd in self.state.handle(*batch):
+                    self._execute(cmd)
+        finally:
+            self._busy = False
+
+    def _execute(self, cmd: FlowCommand) -> None:
+        if type(cmd) is StartJob:
+            self._start(cmd.job)
+        elif type(cmd) is SkipJob:
+            self._skip(cmd.job, cmd.cause)
+        else:
+            assert type(cmd) is FlowFinished
+            if self._finished is not None and not self._finished.done():
+                self._finished.set_result(None)
 
     def _skip(self, name: str, cause: str) -> None:
-        self._status[name] = JobStatus.SKIPPED
-        self.done += self._counts[name]
+        self.done += self._counts[name] or 0
         self.report.records.append(JobRecord(
             name, name, JobStatus.SKIPPED,
             error=f"Skipped: needs {cause}, which did not succeed",
         ))
-        self._wake_up()
 
     def _start(self, name: str) -> None:
         job = self.spec.jobs[name]
-        self._status[name] = JobStatus.RUNNING
         items: Iterator[Any] = (
             iter_items(job, self.spec, self.env) if job.foreach is not None
             else iter((_NO_ITEM,))
@@ -282,7 +297,13 @@ class FlowRun:
             make_call = self._compile(job)
         except Exception as exc:  # validated at load; a module may still fail to import now
             make_call = _failing(exc)
-        running = _Running(job, items, keep, self._digest(job), make_call, self._window(job))
+        chunked = (job.kind is JobKind.CPU and isinstance(job.action, CallAction)
+                   and job.timeout_s is None and job.retries == 0)
+        chunker = (Chunker(self.backend.capacity(JobKind.CPU) or 1, self._counts[name])
+                   if chunked else None)
+        limits = (scoped(self.scope, job.limit),) if job.limit else ()
+        running = _Running(job, items, keep, self._digest(job), make_call, self._window(job),
+                           limits, chunker)
         self._active[name] = running
         self._feed(running)
 
@@ -296,12 +317,11 @@ class FlowRun:
         room = running.window - running.in_flight
         if running.in_flight > running.low_water:
             return  # refill in batches, not one item per finished one
+        chunker = running.chunker
         size = 1
-        if running.chunked:
-            workers = self.engine.cpu.workers
-            size = chunk_size(running.item_s, self._counts[running.job.name], workers)
-            if running.item_s is None:  # probing: a few one-item chunks until one reports
-                room = min(room, 2 * workers - running.in_flight)
+        if chunker is not None:
+            size = chunker.size()
+            room = chunker.room(room, running.in_flight)
         batch: list[Entry] = []
         group: list[_Item] = []
         while room > 0 and not running.exhausted:
@@ -317,30 +337,32 @@ class FlowRun:
             group.append(self._item(running, index, item))
             room -= 1
             if len(group) == size:
-                batch.append(self._chunk(running, group) if running.chunked
+                batch.append(self._chunk(running, group) if chunker is not None
                              else group[0].entry())
                 group = []
         if group:
-            batch.append(self._chunk(running, group) if running.chunked
+            batch.append(self._chunk(running, group) if chunker is not None
                          else group[0].entry())
         if batch:
-            self.engine.submit(*batch)
+            self.backend.submit(*batch)
         self._maybe_finished(running)
 
     def _maybe_finished(self, running: _Running) -> None:
         if not running.exhausted or running.in_flight:
             return
         name = running.job.name
-        del self._active[name]
+        if self._active.pop(name, None) is None:
+            return  # ended already (a refill after the last item)
         ok = not running.failed
-        self._status[name] = JobStatus.SUCCEEDED if ok else JobStatus.FAILED
         if ok and running.results is not None:
             self.results[name] = (
                 running.results if running.job.foreach is not None else running.results[0]
             )
             if name in self.plan.finals:
                 self.report.results[name] = self.results[name]
-        self._wake_up()
+        status = (JobStatus.SUCCEEDED if ok else
+                  JobStatus.CANCELLED if running.cancelled else JobStatus.FAILED)
+        self._handle(JobEnded(name, status, f"{self.scope}-ended-{name}"))
 
     # -- resume -----------------------------------------------------------------------
 
@@ -413,16 +435,18 @@ class FlowRun:
             now = time.time()
             if done.status is JobStatus.SUCCEEDED:
                 outcomes, elapsed_s = done.result
-                running.item_s = measured(running.item_s, elapsed_s, len(items))
-                each = elapsed_s / len(items)
-                begun = now - elapsed_s
-                for k, (it, (ok, value)) in enumerate(zip(items, outcomes, strict=True)):
-                    it.record.started = begun + k * each
+                assert running.chunker is not None
+                running.chunker.measured(elapsed_s, len(items))
+                # each item's own time, as its worker measured it (rule 5)
+                at = now - elapsed_s
+                for it, (ok, value, took_s) in zip(items, outcomes, strict=True):
+                    it.record.started = at
+                    at += took_s
                     if ok:
-                        it.finish(JobStatus.SUCCEEDED, 1, value, None, begun + (k + 1) * each)
+                        it.finish(JobStatus.SUCCEEDED, 1, value, None, at)
                     else:
-                        line = f"{value[0]}: {value[1]}".splitlines()[0]
-                        it.finish(JobStatus.FAILED, 1, None, line, begun + (k + 1) * each)
+                        line = ErrorInfo.from_wire(value).first_line
+                        it.finish(JobStatus.FAILED, 1, None, line, at)
             elif done.status is JobStatus.CANCELLED or len(items) == 1:
                 error = done.error.first_line if done.error is not None else None
                 for it in items:
@@ -430,7 +454,7 @@ class FlowRun:
             else:  # the chunk failed whole (its worker died): each item alone names the culprit
                 for it in items:
                     it.requeue()
-                self.engine.submit(*(it.entry() for it in items))
+                self.backend.submit(*(it.entry() for it in items))
 
         return Entry(chunk_id, job.kind, on_done, prepare=prepare, limits=running.limits,
                      on_start=on_start)
@@ -486,7 +510,3 @@ class FlowRun:
             }, timeout_s)
 
         return http
-
-    def _wake_up(self) -> None:
-        if self._wake is not None:
-            self._wake.set()

@@ -11,9 +11,11 @@ from asyncjobs.core.events import (
     AttemptSucceeded,
     CancelRequested,
     JobSubmitted,
+    LimitsDeclared,
+    LimitsReleased,
     Tick,
 )
-from asyncjobs.core.policy import Limit, backoff_delay
+from asyncjobs.core.policy import Limit, LimitSpec, backoff_delay, scoped
 from asyncjobs.core.scheduler import SchedulerState
 from asyncjobs.errors import InvalidTransition
 from asyncjobs.model import ErrorInfo, JobStatus
@@ -108,43 +110,64 @@ def test_stale_result_after_cancel_only_frees_the_slot(sched: SchedulerState) ->
     assert sched.handle(AttemptSucceeded("j0", 1, result=1)) == [StartAttempt("j2", 1)]
 
 
-def test_needs_run_in_order_and_failure_skips_the_chain(sched: SchedulerState) -> None:
-    cmds = sched.handle(
-        submit("a", remember=True),
-        submit("b", needs=("a",), remember=True),
-        submit("c", needs=("b",), remember=True),
-        submit("d", remember=True),
-    )
-    assert cmds == [StartAttempt("a", 1), StartAttempt("d", 1)]
-    cmds = sched.handle(AttemptFailed("a", 1, BOOM))
-    assert [(c.job_id, c.status) for c in cmds if isinstance(c, JobFinished)] == [
-        ("a", "failed"), ("b", "skipped"), ("c", "skipped")
-    ]
-    assert sched.status("c") is JobStatus.SKIPPED
-    assert sched.handle(AttemptSucceeded("d", 1)) == [JobFinished.match(job_id="d")]
-
-
-def test_need_succeeded_releases_dependent(sched: SchedulerState) -> None:
-    sched.handle(submit("a", remember=True), submit("b", needs=("a",)))
-    assert sched.status("b") is JobStatus.PENDING
-    assert StartAttempt("b", 1) in sched.handle(AttemptSucceeded("a", 1))
-
-
-def test_submit_after_need_failed_is_skipped(sched: SchedulerState) -> None:
-    sched.handle(submit("a", remember=True))
-    sched.handle(AttemptFailed("a", 1, BOOM))
-    cmds = sched.handle(submit("b", needs=("a",)))
-    assert cmds == [JobFinished.match(job_id="b", status=JobStatus.SKIPPED)]
-
-
 def test_bad_submissions_are_refused(sched: SchedulerState) -> None:
     sched.handle(submit("a"))
     with pytest.raises(ValueError, match="twice"):
         sched.handle(submit("a"))
     with pytest.raises(ValueError, match="unknown limit"):
         sched.handle(submit("b", "nope"))
-    with pytest.raises(ValueError, match="unknown job"):
-        sched.handle(submit("c", needs=("ghost",)))
+    with pytest.raises(TypeError, match="not a scheduler event"):
+        sched.handle("not an event")  # type: ignore[arg-type]
+
+
+def test_a_bad_event_mid_batch_leaves_the_state_as_it_was(sched: SchedulerState) -> None:
+    before = sched.to_dict()
+    with pytest.raises(ValueError, match="unknown limit"):
+        sched.handle(submit("x"), submit("y", "@cpu"), submit("z", "nope"))
+    with pytest.raises(ValueError, match="twice"):
+        sched.handle(submit("x"), submit("x"))
+    with pytest.raises(ValueError, match="already declared"):
+        sched.handle(LimitsDeclared("f", {"api": LimitSpec(1)}),
+                     LimitsDeclared("f", {"api": LimitSpec(1)}))
+    assert sched.to_dict() == before
+    assert sched.status("x") is sched.status("y") is None
+    # the same jobs go through once the batch is good
+    assert sched.handle(submit("x"), submit("y", "@cpu")) == [
+        StartAttempt("x", 1), StartAttempt("y", 1)
+    ]
+
+
+def test_two_scopes_limits_of_one_name_are_two_pools(sched: SchedulerState) -> None:
+    cmds = sched.handle(
+        LimitsDeclared("f1", {"api": LimitSpec(concurrency=1)}),
+        LimitsDeclared("f2", {"api": LimitSpec(concurrency=1)}),
+        submit("a1", "@io", scoped("f1", "api")), submit("a2", "@io", scoped("f1", "api")),
+        submit("b1", "@io", scoped("f2", "api")), submit("b2", "@io", scoped("f2", "api")),
+    )
+    assert cmds == [StartAttempt("a1", 1), StartAttempt("b1", 1)]
+    assert sched.handle(AttemptSucceeded("b1", 1)) == [
+        JobFinished.match(job_id="b1"), StartAttempt("b2", 1)
+    ]
+
+
+def test_a_scope_declared_in_the_same_batch_as_its_jobs(sched: SchedulerState) -> None:
+    cmds = sched.handle(LimitsDeclared("f", {"api": LimitSpec(concurrency=1)}),
+                        submit("a", "@io", "f:api"), submit("b", "@io", "f:api"))
+    assert cmds == [StartAttempt("a", 1)]
+
+
+def test_released_limits_go_once_no_attempt_holds_them(sched: SchedulerState) -> None:
+    sched.handle(LimitsDeclared("f", {"api": LimitSpec(concurrency=2)}),
+                 submit("a", "@io", "f:api"))
+    sched.handle(CancelRequested("a"), LimitsReleased("f"))
+    assert "f:api" in sched.limits  # the cancelled attempt still runs (rule 2)
+    with pytest.raises(ValueError, match="unknown limit"):
+        sched.handle(submit("late", "@io", "f:api"))
+    sched.handle(AttemptCancelled("a", 1))
+    assert "f:api" not in sched.limits
+    # the scope's name may be declared again
+    sched.handle(LimitsDeclared("f", {"api": LimitSpec(concurrency=1)}))
+    assert sched.limits["f:api"].concurrency == 1
 
 
 def test_rate_limit_spaces_starts() -> None:

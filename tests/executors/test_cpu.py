@@ -13,6 +13,7 @@ import asyncjobs
 from asyncjobs import JobCancelled, JobFailed, JobTimeout, Runner
 
 from .. import jobs
+from ..conftest import cpu_pids
 from ..procs import gone, wait_until_gone
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ async def wait_for_file(path: Path, deadline_s: float = 10.0) -> str:
 
 async def test_os_exit_fails_only_its_job_and_pool_recovers() -> None:
     async with Runner(cpu_workers=2) as runner:
-        before = set(runner.engine.cpu.pids())
+        before = set(cpu_pids(runner))
         others = [runner.submit(jobs.square, i) for i in range(10)]
         crasher = runner.submit(jobs.crash, 13)
         others += [runner.submit(jobs.square, i) for i in range(10, 20)]
@@ -43,8 +44,8 @@ async def test_os_exit_fails_only_its_job_and_pool_recovers() -> None:
         assert err.type_name == "WorkerCrashed"
         assert crasher.id in err.message and "exit code 13" in err.message
         assert await runner.submit(jobs.square, 3) == 9
-        assert len(runner.engine.cpu.pids()) == 2
-        assert set(runner.engine.cpu.pids()) != before
+        assert len(cpu_pids(runner)) == 2
+        assert set(cpu_pids(runner)) != before
 
 
 async def test_segfault_names_the_signal() -> None:
@@ -74,7 +75,7 @@ async def test_timed_out_job_is_retried_on_a_new_worker(tmp_path: Path) -> None:
     marker = tmp_path / "first"
     async with Runner(cpu_workers=1) as runner:
         assert await runner.submit(jobs.hangs_first_time, str(marker)) == "second attempt"
-        assert int(marker.read_text()) not in runner.engine.cpu.pids()
+        assert int(marker.read_text()) not in cpu_pids(runner)
 
 
 async def test_cancel_queued_cpu_jobs(tmp_path: Path) -> None:
@@ -123,9 +124,9 @@ async def test_unpicklable_call_fails_at_once_without_retries() -> None:
 async def test_workers_start_lazily_and_are_gone_after_exit() -> None:
     async with Runner(cpu_workers=2) as runner:
         await runner.submit(jobs.aio_add, 1, 1)
-        assert runner.engine.cpu.pids() == []
+        assert cpu_pids(runner) == []
         worker_pid = await runner.submit(jobs.pid)
-        pids = runner.engine.cpu.pids()
+        pids = cpu_pids(runner)
         assert worker_pid in pids
     for pid in pids:
         assert gone(pid)

@@ -9,7 +9,9 @@ if TYPE_CHECKING:
     from ..model import ErrorInfo, JobStatus
 
 
-class _Matchable:
+class Matchable:
+    """Commands compare with ``Cmd.match(field=value)`` in tests: only the named fields count."""
+
     __slots__ = ()
 
     @classmethod
@@ -43,7 +45,7 @@ class _Match:
 
 
 @dataclass(slots=True)
-class StartAttempt(_Matchable):
+class StartAttempt(Matchable):
     job_id: str
     #: 1 for the first run, 2 for the first retry, ...
     attempt: int
@@ -51,7 +53,7 @@ class StartAttempt(_Matchable):
 
 
 @dataclass(slots=True)
-class CancelAttempt(_Matchable):
+class CancelAttempt(Matchable):
     """Stop a running attempt; answer with ``AttemptCancelled`` (or its result, if it won)."""
 
     job_id: str
@@ -60,7 +62,7 @@ class CancelAttempt(_Matchable):
 
 
 @dataclass(slots=True)
-class JobFinished(_Matchable):
+class JobFinished(Matchable):
     job_id: str
     #: a terminal status
     status: JobStatus

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..model import ErrorInfo
+    from .policy import LimitSpec
 
 
 @dataclass(slots=True)
@@ -23,10 +24,6 @@ class JobSubmitted:
     retries: int = 0
     #: first retry delay; doubled for each later retry, with jitter
     backoff_s: float = 1.0
-    #: ids of jobs that must succeed before this one runs
-    needs: tuple[str, ...] = ()
-    #: keep this job's final status after it ends, so later jobs may name it in ``needs``
-    remember: bool = False
     now: float = 0.0
     stimulus_id: str = ""
 
@@ -69,6 +66,26 @@ class CancelRequested:
 
 
 @dataclass(slots=True)
+class LimitsDeclared:
+    """Named limits for the jobs of one scope (a flow run): jobs name them as
+    ``scoped(scope, name)``, so two flows' ``api`` limits are two pools."""
+
+    scope: str
+    limits: dict[str, LimitSpec]
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(slots=True)
+class LimitsReleased:
+    """The scope ended: its limits go once no running attempt holds them."""
+
+    scope: str
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(slots=True)
 class Tick:
     """Time has passed: retry delays and rate limits may have come due."""
 
@@ -77,5 +94,6 @@ class Tick:
 
 
 Event = (
-    JobSubmitted | AttemptSucceeded | AttemptFailed | AttemptCancelled | CancelRequested | Tick
+    JobSubmitted | AttemptSucceeded | AttemptFailed | AttemptCancelled | CancelRequested
+    | LimitsDeclared | LimitsReleased | Tick
 )

@@ -27,6 +27,20 @@ def backoff_delay(retry: int, backoff_s: float, rng: random.Random) -> float:
     return base * (1 - JITTER + 2 * JITTER * rng.random())
 
 
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """What a named limit allows, as declared (``limits:`` in a flow file)."""
+
+    #: None: no bound
+    concurrency: int | None = None
+    rate_per_s: float | None = None
+
+
+def scoped(scope: str, name: str) -> str:
+    """The scheduler's name for limit ``name`` of ``scope`` (unscoped when scope is "")."""
+    return f"{scope}:{name}" if scope else name
+
+
 @dataclass(slots=True)
 class Limit:
     """A named pool: at most ``concurrency`` attempts at once, and at most ``rate_per_s``

@@ -17,7 +17,14 @@ Rules the code keeps:
 4. Jobs that need the same limits start in submission order (one FIFO queue per set of
    limit names), so a full limit never starves the jobs behind it in other queues.
 5. Every terminal status is announced once, by one ``JobFinished``.
-6. A job whose need did not succeed is skipped, and so, in turn, are the jobs needing it.
+6. ``handle`` is atomic: the events are checked first (a job submitted twice, a limit
+   nobody declared, a scope declared twice, something that is not an event), and a bad
+   one raises before any of the batch is applied.
+7. Named limits belong to a scope (a flow run) and go when it is released, once no
+   running attempt holds them; the kinds' limits (``@io``...) are given at construction.
+
+Dependencies between jobs are not here: a flow's jobs wait for each other in
+``flow.state.FlowState``, which hands this scheduler only jobs that may run.
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ from .events import (
     CancelRequested,
     Event,
     JobSubmitted,
+    LimitsDeclared,
+    LimitsReleased,
     Tick,
 )
-from .policy import Limit, backoff_delay
+from .policy import Limit, backoff_delay, scoped
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -49,12 +58,7 @@ S = JobStatus
 #: allowed (from, to) status changes; None is "not yet known to the scheduler"
 TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
     {
-        (None, S.PENDING),
         (None, S.QUEUED),
-        (None, S.SKIPPED),
-        (S.PENDING, S.QUEUED),
-        (S.PENDING, S.SKIPPED),
-        (S.PENDING, S.CANCELLED),
         (S.QUEUED, S.RUNNING),
         (S.QUEUED, S.CANCELLED),
         (S.RUNNING, S.SUCCEEDED),
@@ -70,22 +74,20 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
 STIMULUS_LOG_SIZE = 1000
 
 
+_EVENT_TYPES = frozenset({JobSubmitted, AttemptSucceeded, AttemptFailed, AttemptCancelled,
+                          CancelRequested, LimitsDeclared, LimitsReleased, Tick})
+
+
 class _Job:
-    __slots__ = (
-        "id", "limits", "retries", "backoff_s", "status", "attempt", "waiting_on",
-        "dependents", "remember", "retry_at",
-    )
+    __slots__ = ("id", "limits", "retries", "backoff_s", "status", "attempt", "retry_at")
 
     def __init__(self, ev: JobSubmitted) -> None:
         self.id = ev.job_id
         self.limits = ev.limits
         self.retries = ev.retries
         self.backoff_s = ev.backoff_s
-        self.remember = ev.remember
         self.status: JobStatus | None = None
         self.attempt = 0
-        self.waiting_on = 0
-        self.dependents: list[_Job] = []
         self.retry_at = 0.0
 
 
@@ -102,7 +104,10 @@ class SchedulerState:
         self.limits: dict[str, Limit] = dict(limits)
         self.rng = rng or random.Random()
         self._jobs: dict[str, _Job] = {}
-        self._done: dict[str, JobStatus] = {}
+        #: scope -> the scheduler's names of its limits
+        self._scopes: dict[str, list[str]] = {}
+        #: limits of released scopes still held by running attempts (rule 7)
+        self._retired: set[str] = set()
         self._ready: dict[tuple[str, ...], deque[_Job]] = {}
         self._retry_heap: list[tuple[float, int, _Job]] = []
         self._retry_seq = 0
@@ -118,8 +123,11 @@ class SchedulerState:
         """Apply events in order; return the commands they lead to.
 
         :raises InvalidTransition: on a status change the table forbids (a bug)
-        :raises ValueError: for a job submitted twice, or a need or limit that is unknown
+        :raises ValueError: for a job submitted twice, a limit that is unknown, or a
+            scope declared twice; nothing of the batch is applied then (rule 6)
+        :raises TypeError: for something that is not an event, likewise
         """
+        self._check(events)
         out: list[Command] = []
         for ev in events:
             if ev.now > self._now:
@@ -138,17 +146,45 @@ class SchedulerState:
                 self._on_cancel(ev, out)
             elif type(ev) is Tick:
                 self._on_tick()
+            elif type(ev) is LimitsDeclared:
+                self._on_limits_declared(ev)
             else:
-                raise TypeError(f"not a scheduler event: {ev!r}")
+                assert type(ev) is LimitsReleased
+                self._on_limits_released(ev)
         self._dispatch(out)
         return out
+
+    def _check(self, events: tuple[Event, ...]) -> None:
+        """Raise for the first event that cannot be applied, before any is (rule 6)."""
+        new_ids: set[str] = set()
+        new_limits: set[str] = set()
+        new_scopes: set[str] = set()
+        for ev in events:
+            kind = type(ev)
+            if kind is JobSubmitted:
+                assert isinstance(ev, JobSubmitted)
+                if ev.job_id in self._jobs or ev.job_id in new_ids:
+                    raise ValueError(f"job {ev.job_id!r} was submitted twice")
+                new_ids.add(ev.job_id)
+                for name in ev.limits:
+                    if (name not in self.limits or name in self._retired) and (
+                            name not in new_limits):
+                        raise ValueError(f"job {ev.job_id!r} names unknown limit {name!r}")
+            elif kind is LimitsDeclared:
+                assert isinstance(ev, LimitsDeclared)
+                if not ev.scope or ev.scope in self._scopes or ev.scope in new_scopes:
+                    raise ValueError(f"limit scope {ev.scope!r} is already declared")
+                new_scopes.add(ev.scope)
+                for name, spec in ev.limits.items():
+                    Limit(spec.concurrency, spec.rate_per_s)  # raises for bad values
+                    new_limits.add(scoped(ev.scope, name))
+            elif kind not in _EVENT_TYPES:
+                raise TypeError(f"not a scheduler event: {ev!r}")
 
     def status(self, job_id: str) -> JobStatus | None:
         """The job's status, or None if the scheduler does not know it (or forgot it)."""
         job = self._jobs.get(job_id)
-        if job is not None:
-            return job.status
-        return self._done.get(job_id)
+        return None if job is None else job.status
 
     def next_wake(self) -> float | None:
         """The earliest time a ``Tick`` could change something, or None."""
@@ -199,37 +235,25 @@ class SchedulerState:
         job.status = to
 
     def _on_submitted(self, ev: JobSubmitted, out: list[Command]) -> None:
-        if ev.job_id in self._jobs or ev.job_id in self._done:
-            raise ValueError(f"job {ev.job_id!r} was submitted twice")
-        for name in ev.limits:
-            if name not in self.limits:
-                raise ValueError(f"job {ev.job_id!r} names unknown limit {name!r}")
         job = _Job(ev)
-        failed_need: str | None = None
-        live_needs: list[_Job] = []
-        for need in ev.needs:
-            dep = self._jobs.get(need)
-            if dep is not None:
-                live_needs.append(dep)
-                continue
-            done = self._done.get(need)
-            if done is None:
-                raise ValueError(f"job {ev.job_id!r} needs unknown job {need!r}")
-            if done is not S.SUCCEEDED:
-                failed_need = need
-                break
-        if failed_need is not None:
-            self._set_status(job, S.SKIPPED)
-            self._finish_skipped(job, failed_need, out)
-            return
         self._jobs[job.id] = job
-        if live_needs:
-            job.waiting_on = len(live_needs)
-            for dep in live_needs:
-                dep.dependents.append(job)
-            self._set_status(job, S.PENDING)
-        else:
-            self._enqueue(job)
+        self._enqueue(job)
+
+    def _on_limits_declared(self, ev: LimitsDeclared) -> None:
+        names = self._scopes[ev.scope] = []
+        for name, spec in ev.limits.items():
+            full = scoped(ev.scope, name)
+            self.limits[full] = Limit(spec.concurrency, spec.rate_per_s)
+            names.append(full)
+
+    def _on_limits_released(self, ev: LimitsReleased) -> None:
+        for name in self._scopes.pop(ev.scope, ()):
+            if self.limits[name].in_use:
+                self._retired.add(name)
+            else:
+                del self.limits[name]
+        for key in [k for k in self._ready if not self._ready[k]]:
+            del self._ready[key]  # a scope's queues would otherwise pile up, run after run
 
     def _enqueue(self, job: _Job) -> None:
         self._set_status(job, S.QUEUED)
@@ -244,11 +268,6 @@ class SchedulerState:
             return
         self._set_status(job, S.SUCCEEDED)
         self._finish(job, out, result=ev.result)
-        for dep in job.dependents:
-            if dep.status is S.PENDING:
-                dep.waiting_on -= 1
-                if dep.waiting_on == 0:
-                    self._enqueue(dep)
 
     def _on_failed(self, ev: AttemptFailed, out: list[Command]) -> None:
         job = self._current(ev.job_id, ev.attempt)
@@ -269,7 +288,6 @@ class SchedulerState:
             return
         self._set_status(job, S.FAILED)
         self._finish(job, out, error=ev.error)
-        self._skip_dependents(job, out)
 
     def _on_cancel(self, ev: CancelRequested, out: list[Command]) -> None:
         job = self._jobs.get(ev.job_id)
@@ -281,7 +299,6 @@ class SchedulerState:
         self._finish(
             job, out, error=ErrorInfo("JobCancelled", ev.reason, retryable=False)
         )
-        self._skip_dependents(job, out)
 
     def _on_tick(self) -> None:
         heap = self._retry_heap
@@ -302,7 +319,11 @@ class SchedulerState:
         held = self._held.pop((job_id, attempt), None)
         if held is not None:
             for name in held:
-                self.limits[name].release()
+                limit = self.limits[name]
+                limit.release()
+                if not limit.in_use and name in self._retired:
+                    self._retired.discard(name)
+                    del self.limits[name]
 
     def _finish(
         self, job: _Job, out: list[Command], *, result: Any = None,
@@ -310,26 +331,7 @@ class SchedulerState:
     ) -> None:
         assert job.status is not None
         del self._jobs[job.id]
-        if job.remember:
-            self._done[job.id] = job.status
         out.append(JobFinished(job.id, job.status, job.attempt, result, error))
-
-    def _finish_skipped(self, job: _Job, need: str, out: list[Command]) -> None:
-        if job.remember:
-            self._done[job.id] = S.SKIPPED
-        err = ErrorInfo("Skipped", f"needs {need}, which did not succeed", retryable=False)
-        out.append(JobFinished(job.id, S.SKIPPED, 0, None, err))
-
-    def _skip_dependents(self, job: _Job, out: list[Command]) -> None:
-        stack = [(job, dep) for dep in job.dependents]
-        while stack:
-            cause, dep = stack.pop()
-            if dep.status is not S.PENDING:
-                continue
-            self._set_status(dep, S.SKIPPED)
-            del self._jobs[dep.id]
-            self._finish_skipped(dep, cause.id, out)
-            stack.extend((dep, d) for d in dep.dependents)
 
     # -- dispatch ---------------------------------------------------------------------
 

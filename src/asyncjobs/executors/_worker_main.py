@@ -84,9 +84,18 @@ class _Channel:
             del self.buf[:end]
 
 
+def error_wire(exc: BaseException, *, retryable: bool = True, message: str | None = None,
+               tb: str | None = None) -> list[object]:
+    """An exception in the layout of ``asyncjobs.model.ErrorInfo.to_wire`` (this module
+    imports nothing of asyncjobs, so the layout is written out here too)."""
+    if tb is None:
+        tb = "".join(traceback.format_exception(exc))
+    return [type(exc).__name__, str(exc) if message is None else message, tb, False,
+            retryable, None, f"pid {os.getpid()}"]
+
+
 def _error(exc: BaseException, *, retryable: bool = True) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
-    return pickle.dumps((type(exc).__name__, str(exc), tb, retryable))
+    return pickle.dumps(error_wire(exc, retryable=retryable))
 
 
 def _run(payload: bytes) -> tuple[bytes, bytes]:
@@ -102,7 +111,7 @@ def _run(payload: bytes) -> tuple[bytes, bytes]:
         return OP_OK, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # noqa: BLE001
         msg = f"the job's result could not be pickled: {exc}"
-        return OP_ERR, pickle.dumps((type(exc).__name__, msg, "", False))
+        return OP_ERR, pickle.dumps(error_wire(exc, retryable=False, message=msg, tb=""))
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..model import ErrorInfo
@@ -28,6 +27,8 @@ class Executor(Protocol):
     def start(self, key: AttemptKey, call: Call) -> None: ...
     def cancel(self, key: AttemptKey) -> None: ...
     async def aclose(self) -> None: ...
+    def kill_all(self) -> None:
+        """Stop every process now, from any exit path (a no-op without processes)."""
 
 
 class Call:
@@ -43,17 +44,6 @@ class Call:
         self.args = args
         self.kwargs = kwargs
         self.timeout_s = timeout_s
-
-
-def error_info(exc: BaseException, *, retryable: bool = True) -> ErrorInfo:
-    """An exception as data. An exception may say it is final (``retryable = False``)
-    or how long to wait first (``retry_after_s``), as HTTP failures do."""
-    tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(
-        type(exc).__name__, str(exc), tb,
-        retryable=retryable and getattr(exc, "retryable", True),
-        retry_after_s=getattr(exc, "retry_after_s", None),
-    )
 
 
 def timeout_info(timeout_s: float, detail: str = "") -> ErrorInfo:

@@ -1,20 +1,22 @@
-"""Several calls of one function as one job: what ``Runner.map`` sends to a worker
+"""Several calls of one function as one job: what ``Runner.map`` and flows send to a worker
 process when the calls are small, so the per-job cost is paid once per chunk.
 
-Each call's outcome is kept apart: one failing item does not fail the others.
+Each call's outcome is kept apart: one failing item does not fail the others, and each
+item is timed, so reports can say how long each took.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
+
+from ._worker_main import error_wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-#: one item's outcome: (True, result) or (False, (type name, message, traceback))
-Outcome = tuple[bool, Any]
+#: one item's outcome: (True, result, seconds) or (False, ``ErrorInfo.to_wire()``, seconds)
+Outcome = tuple[bool, Any, float]
 
 
 def run_chunk(
@@ -25,12 +27,17 @@ def run_chunk(
 
     :returns: each call's outcome, and the seconds the calls took in all
     """
-    started = time.perf_counter()
+    clock = time.perf_counter
+    started = last = clock()
     outcomes: list[Outcome] = []
     for i, args in enumerate(calls):
         try:
-            outcomes.append((True, fn(*args, **(kwargs[i] if kwargs else {}))))
+            value = fn(*args, **(kwargs[i] if kwargs else {}))
         except Exception as exc:
-            tb = "".join(traceback.format_exception(exc))
-            outcomes.append((False, (type(exc).__name__, str(exc), tb)))
-    return outcomes, time.perf_counter() - started
+            now = clock()
+            outcomes.append((False, error_wire(exc), now - last))
+        else:
+            now = clock()
+            outcomes.append((True, value, now - last))
+        last = now
+    return outcomes, last - started

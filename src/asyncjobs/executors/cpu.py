@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import multiprocessing.spawn
 import os
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..model import ErrorInfo
 from . import _worker_main as wire
-from .base import error_info, timeout_info
+from .base import timeout_info
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -184,7 +185,7 @@ class CpuPool:
                 (call.fn, call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL
             )
         except Exception as exc:
-            info = error_info(exc, retryable=False)
+            info = ErrorInfo.from_exception(exc, retryable=False)
             msg = f"job {key[0]} cannot be sent to a worker process: {info.message}"
             self.sink.failed(key, ErrorInfo(info.type_name, msg, info.traceback, retryable=False))
             return
@@ -256,7 +257,7 @@ class CpuPool:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a worker we could not even start or talk to
-            self._on_exit(None, None, error_info(exc, retryable=False))
+            self._on_exit(None, None, ErrorInfo.from_exception(exc, retryable=False))
 
     async def _run_worker(self) -> None:
         parent_sock, child_sock = socket.socketpair()
@@ -458,7 +459,7 @@ class CpuPool:
             try:
                 result = pickle.loads(payload)
             except Exception as exc:
-                self.sink.failed(key, error_info(exc, retryable=False))
+                self.sink.failed(key, ErrorInfo.from_exception(exc, retryable=False))
             else:
                 self.sink.succeeded(key, result)
         else:
@@ -468,5 +469,7 @@ class CpuPool:
 
     @staticmethod
     def _error_from(payload: bytes, *, retryable: bool = True) -> ErrorInfo:
-        type_name, message, tb, ok_to_retry = pickle.loads(payload)
-        return ErrorInfo(type_name, message, tb, retryable=retryable and ok_to_retry)
+        info = ErrorInfo.from_wire(pickle.loads(payload))
+        if info.retryable and not retryable:
+            info = dataclasses.replace(info, retryable=False)
+        return info

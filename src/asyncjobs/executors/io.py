@@ -6,10 +6,10 @@ import asyncio
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from .base import error_info, timeout_info
+from ..model import ErrorInfo
+from .base import timeout_info
 
 if TYPE_CHECKING:
-    from ..model import ErrorInfo
     from .base import AttemptKey, Call, Sink
 
 
@@ -54,7 +54,7 @@ class TaskExecutor:
                 raise
             self.sink.cancelled(key)
         except Exception as exc:
-            self.sink.failed(key, error_info(exc))
+            self.sink.failed(key, ErrorInfo.from_exception(exc))
         else:
             self.sink.succeeded(key, result)
         finally:
@@ -66,6 +66,9 @@ class TaskExecutor:
         if task is not None:
             self._cancelling.add(key)
             task.cancel()
+
+    def kill_all(self) -> None:
+        """Nothing to kill: attempts are tasks, cancelled by ``aclose``."""
 
     async def aclose(self) -> None:
         """Cancel every attempt still running and wait for them to unwind."""

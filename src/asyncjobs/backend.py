@@ -1,0 +1,105 @@
+"""The seam between what users run (``submit``, ``map``, flows) and what runs it.
+
+``Runner.map``, ``Runner.run_flow`` and ``Runner.submit`` use nothing below this
+protocol. The engine (``engine.py``) implements it for one event loop with its executors;
+a link to a coordinator implements it for a cluster; a test may implement it too.
+
+An ``Entry`` is one job as handed across the seam: what to call (or how to build the call
+when an attempt starts), its kind, retries and limits, and where its end is reported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from .core.commands import JobFinished
+    from .core.policy import LimitSpec
+    from .executors.base import Call
+    from .model import JobKind, JobStatus
+
+
+class Entry:
+    """One job for a backend, kept by it until the job finishes.
+
+    The backend calls ``begin`` as each attempt starts and ``finished`` once at the end.
+    This class forwards them to the callbacks it was given; a subclass may override both
+    instead, so that one object per job is all a caller allocates (flows do, per item).
+    """
+
+    __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "on_start", "limits",
+                 "retries", "backoff_s")
+
+    def __init__(
+        self,
+        job_id: str,
+        kind: JobKind,
+        on_done: Callable[[JobFinished], None],
+        *,
+        call: Call | None = None,
+        prepare: Callable[[int], Call] | None = None,
+        retries: int = 0,
+        backoff_s: float = 1.0,
+        limits: tuple[str, ...] = (),
+        on_start: Callable[[int], None] | None = None,
+    ) -> None:
+        if (call is None) == (prepare is None):
+            raise ValueError("give exactly one of call= and prepare=")
+        self.job_id = job_id
+        self.kind = kind
+        self.call = call
+        #: builds the call when an attempt starts (flows render templates then)
+        self.prepare = prepare
+        self.on_done = on_done
+        #: called with the attempt number as each attempt starts
+        self.on_start = on_start
+        #: named limits (``scoped(scope, name)``) an attempt holds besides its kind's
+        self.limits = limits
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def begin(self, attempt: int) -> Call:
+        """An attempt starts: return the call it runs (raising fails the attempt, for
+        good: a call that cannot be built will not build on a retry)."""
+        if self.on_start is not None:
+            self.on_start(attempt)
+        if self.call is not None:
+            return self.call
+        assert self.prepare is not None
+        return self.prepare(attempt)
+
+    def finished(self, done: JobFinished) -> None:
+        """The job ended (any terminal status)."""
+        self.on_done(done)
+
+
+class Backend(Protocol):
+    """What ``submit``, ``map`` and flows need from whatever runs their jobs."""
+
+    def submit(self, *entries: Entry) -> None:
+        """Take jobs. They reach the scheduler together with everything else submitted
+        in this loop iteration; each entry's ``finished`` is called once, at its end.
+
+        :raises RunnerClosed: once the backend is closing
+        :raises ValueError: for an id already in use or a limit never declared
+        """
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> None:
+        """End a job ``cancelled``; a running attempt is stopped for real."""
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """Where a submitted job is; None once it finished (or before it is known)."""
+
+    def capacity(self, kind: JobKind) -> int | None:
+        """How many attempts of ``kind`` run at once (None: no bound)."""
+
+    def declare_limits(self, scope: str, limits: Mapping[str, LimitSpec]) -> None:
+        """Named limits for one scope; jobs name them ``scoped(scope, name)``.
+
+        :raises ValueError: if the scope is already declared, or a limit is invalid
+        """
+
+    def release_limits(self, scope: str) -> None:
+        """Forget a scope's limits (once no running attempt holds them)."""

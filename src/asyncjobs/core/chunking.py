@@ -1,0 +1,61 @@
+"""How many small CPU calls go to a worker as one job, for ``Runner.map`` and for a flow's
+``foreach`` items alike. Pure: the sizes follow from what workers measured.
+
+Rules:
+
+1. Only CPU calls without a timeout or retries are chunked: a timeout or a retry is per
+   call, and a chunk is one attempt.
+2. Chunks start at one item, at most two per worker in flight ("probing"), until one
+   returns and says how long an item takes; then they grow to about ``TARGET_CHUNK_S``
+   of work, at most ``MAX_CHUNK`` items.
+3. When the number of items is known, a chunk never exceeds a quarter of each worker's
+   share, so the last chunks still spread over every worker.
+"""
+
+from __future__ import annotations
+
+import math
+
+TARGET_CHUNK_S = 0.01
+MAX_CHUNK = 1024
+
+
+def chunk_size(item_s: float | None, total: int | None, workers: int) -> int:
+    """Items per chunk: about ``TARGET_CHUNK_S`` of work, at most a quarter of each
+    worker's share of ``total`` (when known); 1 until an item's cost is measured."""
+    if item_s is None:
+        return 1
+    size = MAX_CHUNK if item_s <= 0 else int(TARGET_CHUNK_S / item_s)
+    if total is not None:
+        size = min(size, math.ceil(total / (4 * workers)))
+    return max(1, min(size, MAX_CHUNK))
+
+
+class Chunker:
+    """The chunk sizes of one map or one ``foreach`` job.
+
+    :param workers: CPU workers that run the chunks at once
+    :param total: how many items there are, when known
+    """
+
+    __slots__ = ("workers", "total", "item_s")
+
+    def __init__(self, workers: int, total: int | None) -> None:
+        self.workers = max(1, workers)
+        self.total = total
+        #: seconds per item, as workers measured it (None until a chunk returns)
+        self.item_s: float | None = None
+
+    def size(self) -> int:
+        return chunk_size(self.item_s, self.total, self.workers)
+
+    def room(self, room: int, in_flight: int) -> int:
+        """How many chunks may start now, out of ``room``: fewer while probing (rule 2)."""
+        if self.item_s is None:
+            return min(room, 2 * self.workers - in_flight)
+        return room
+
+    def measured(self, elapsed_s: float, items: int) -> None:
+        """A chunk of ``items`` took ``elapsed_s`` in its worker."""
+        per_item = elapsed_s / items
+        self.item_s = per_item if self.item_s is None else 0.7 * self.item_s + 0.3 * per_item
