@@ -8,7 +8,8 @@ a fresh measuring interpreter, once per round, the variants alternating:
 
 - ``asyncjobs-run``: ``asyncjobs run examples/montecarlo.yaml --quiet`` (the console
   script beside this interpreter, else ``python -m asyncjobs``), from the repository root;
-  ``--param jobs=N --param tries=M`` only when the sizes differ from the file's;
+  ``--param jobs=N --param tries=M`` (here and in the dry run) only when the sizes differ
+  from the file's;
 - ``pool-script``: ``python benchmarks/montecarlo_pool.py``: ``Pool(os.cpu_count()).map(
   hits, [tries] * jobs)``, then ``estimate_pi``, printed (the platform's start method);
 - where the asyncjobs command's time goes: ``asyncjobs-dry-run`` (``asyncjobs run
@@ -58,15 +59,15 @@ def asyncjobs_command() -> list[str]:
 
 
 def command_argv(variant: str, jobs: int, tries: int) -> list[str]:
+    params = []
+    if (jobs, tries) != (FLOW_JOBS, FLOW_TRIES):
+        params = ["--param", f"jobs={jobs}", "--param", f"tries={tries}"]
     if variant == "asyncjobs-run":
-        params = []
-        if (jobs, tries) != (FLOW_JOBS, FLOW_TRIES):
-            params = ["--param", f"jobs={jobs}", "--param", f"tries={tries}"]
         return [*asyncjobs_command(), "run", FLOW, "--quiet", *params]
     if variant == "pool-script":
         return [sys.executable, POOL_SCRIPT, "--jobs", str(jobs), "--tries", str(tries)]
     if variant == "asyncjobs-dry-run":
-        return [*asyncjobs_command(), "run", "--dry-run", FLOW]
+        return [*asyncjobs_command(), "run", "--dry-run", FLOW, *params]
     if variant == "import-cli":
         return [sys.executable, "-c", "import asyncjobs.cli"]
     return [sys.executable, "-c", "pass"]
@@ -143,9 +144,9 @@ def print_breakdown(runs: dict[str, list[dict[str, float]]]) -> None:
     print(f"  {dry - cli:>7.0f} ms  the dry run's own imports, load, validate, plan, print")
     print(f"  {run - dry:>7.0f} ms  the rest: running the flow (workers, jobs, state, exit)")
     print_imports('python -X importtime -c "import asyncjobs.cli"',
-                  import_times(command_argv("import-cli", 0, 0)), 10)
+                  import_times(command_argv("import-cli", FLOW_JOBS, FLOW_TRIES)), 10)
     print_imports(f"python -X importtime: asyncjobs run --dry-run {FLOW}",
-                  import_times(command_argv("asyncjobs-dry-run", 0, 0)), 10)
+                  import_times(command_argv("asyncjobs-dry-run", FLOW_JOBS, FLOW_TRIES)), 10)
 
 
 # -- the parent ------------------------------------------------------------------------
