@@ -7,7 +7,7 @@ import itertools
 import os
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from .backend import Entry
+from .backend import JobEntry
 from .engine import Engine, local_engine
 from .errors import JobCancelled, RunnerClosed, job_exception
 from .executors.base import Call
@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from .flow.plan import FlowPlan
     from .flowrun import FlowRun
     from .report import FlowReport
+    from .targets import Target
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-class Job(asyncio.Future[T]):
+class Job(asyncio.Future[T], JobEntry):
     """A submitted job: an asyncio future of its result. Await it for the result; it
     raises ``JobFailed``, ``JobTimeout`` or ``JobCancelled`` if the job did not succeed.
 
@@ -38,16 +39,33 @@ class Job(asyncio.Future[T]):
     killed); so does cancelling a task that awaits it, as with asyncio tasks. After
     ``job.cancel()``, ``await job`` raises ``JobCancelled``; a task (or ``gather``) that
     was itself cancelled gets ``CancelledError``, as asyncio's rules want.
+
+    It is also what the runner's backend keeps for the job (its ``JobEntry``): one object
+    per submitted job.
     """
 
-    __slots__ = ("id", "_backend", "_final")
+    __slots__ = ("job_id", "_backend", "_final", "kind", "limits", "retries", "backoff_s",
+                 "_fn", "_args", "_kwargs", "_timeout_s")
 
-    def __init__(self, job_id: str, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, job_id: str, backend: Backend, loop: asyncio.AbstractEventLoop,
+                 target: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         super().__init__(loop=loop)
-        #: the job's id, e.g. ``"hits-17"``
-        self.id = job_id
+        self.job_id = job_id
         self._backend = backend
         self._final: JobStatus | None = None
+        self.kind = target.kind
+        self.limits = ()
+        self.retries = target.retries
+        self.backoff_s = target.backoff_s
+        self._fn = target.fn
+        self._args = args
+        self._kwargs = kwargs
+        self._timeout_s = target.timeout_s
+
+    @property
+    def id(self) -> str:
+        """The job's id, e.g. ``"hits-17"``."""
+        return self.job_id
 
     @property
     def status(self) -> JobStatus:
@@ -86,8 +104,12 @@ class Job(asyncio.Future[T]):
 
     __iter__ = __await__
 
-    def _finish(self, done: JobFinished) -> None:
+    def begin(self, attempt: int) -> Call:
+        return Call(self._fn, self._args, self._kwargs, self._timeout_s)
+
+    def finished(self, done: JobFinished) -> None:
         self._final = done.status
+        self._args, self._kwargs = (), {}  # a finished job keeps no arguments alive
         if self.done():
             return
         if done.status is JobStatus.SUCCEEDED:
@@ -149,6 +171,7 @@ class Runner:
         self._engine: Engine | None = None
         self._ids = itertools.count(1)
         self._scopes = itertools.count(1)
+        self._targets: dict[Any, Target] = {}
 
     async def __aenter__(self) -> Runner:
         if self._engine is not None:
@@ -197,14 +220,11 @@ class Runner:
         :raises ImportError: if a ``"module:attribute"`` cannot be imported
         """
         engine = self.engine
-        target = resolve_target(fn)
+        target = self._target(fn)
         job_id = f"{target.name}-{next(self._ids)}"
-        handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop())
-        engine.submit(Entry(
-            job_id, target.kind, handle._finish,
-            call=Call(target.fn, args, kwargs, target.timeout_s),
-            retries=target.retries, backoff_s=target.backoff_s,
-        ))
+        handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop(), target, args,
+                               kwargs)
+        engine.submit(handle)
         return handle
 
     async def map(
@@ -231,7 +251,7 @@ class Runner:
         :raises RunnerClosed: if the runner is not open
         """
         engine = self.engine
-        target = resolve_target(fn)
+        target = self._target(fn)
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         if window is None:
@@ -296,6 +316,17 @@ class Runner:
         run_env = os.environ if env is None else env
         return FlowRun(engine, plan, env=run_env, store=RunStore(path, plan.spec.name),
                        resume=resume, scope=f"flow{next(self._scopes)}")
+
+    def _target(self, fn: Any) -> Target:
+        """``resolve_target``, remembered per callable for this runner's life: a loop of
+        ``submit(fn, i)`` resolves ``fn`` once."""
+        try:
+            return self._targets[fn]
+        except KeyError:
+            target = self._targets[fn] = resolve_target(fn)
+            return target
+        except TypeError:  # an unhashable callable
+            return resolve_target(fn)
 
     def _default_window(self, kind: JobKind) -> int:
         capacity = self.engine.capacity(kind)

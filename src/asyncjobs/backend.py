@@ -4,8 +4,10 @@
 protocol. The engine (``engine.py``) implements it for one event loop with its executors;
 a link to a coordinator implements it for a cluster; a test may implement it too.
 
-An ``Entry`` is one job as handed across the seam: what to call (or how to build the call
-when an attempt starts), its kind, retries and limits, and where its end is reported.
+A ``JobEntry`` is one job as handed across the seam: its id, kind, retries and limits,
+how each attempt's call is built (``begin``) and where its end goes (``finished``).
+``Entry`` is the plain one; a ``Job`` of the await API is its own entry, and a flow's
+item is too, so one object per job is all a caller allocates.
 """
 
 from __future__ import annotations
@@ -21,13 +23,32 @@ if TYPE_CHECKING:
     from .model import JobKind, JobStatus
 
 
-class Entry:
-    """One job for a backend, kept by it until the job finishes.
+class JobEntry:
+    """What a backend needs of a job, kept by it until the job finishes. An interface:
+    subclasses hold the fields (in slots of their own) and say what the methods do."""
 
-    The backend calls ``begin`` as each attempt starts and ``finished`` once at the end.
-    This class forwards them to the callbacks it was given; a subclass may override both
-    instead, so that one object per job is all a caller allocates (flows do, per item).
-    """
+    __slots__ = ()
+
+    job_id: str
+    kind: JobKind
+    #: named limits (``scoped(scope, name)``) an attempt holds besides its kind's
+    limits: tuple[str, ...]
+    retries: int
+    backoff_s: float
+
+    def begin(self, attempt: int) -> Call:
+        """An attempt starts: return the call it runs (raising fails the attempt, for
+        good: a call that cannot be built will not build on a retry)."""
+        raise NotImplementedError
+
+    def finished(self, done: JobFinished) -> None:
+        """The job ended (any terminal status)."""
+        raise NotImplementedError
+
+
+class Entry(JobEntry):
+    """A job whose call and callbacks are given: ``begin`` returns ``call`` (or what
+    ``prepare`` builds), ``finished`` calls ``on_done``."""
 
     __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "on_start", "limits",
                  "retries", "backoff_s")
@@ -55,14 +76,11 @@ class Entry:
         self.on_done = on_done
         #: called with the attempt number as each attempt starts
         self.on_start = on_start
-        #: named limits (``scoped(scope, name)``) an attempt holds besides its kind's
         self.limits = limits
         self.retries = retries
         self.backoff_s = backoff_s
 
     def begin(self, attempt: int) -> Call:
-        """An attempt starts: return the call it runs (raising fails the attempt, for
-        good: a call that cannot be built will not build on a retry)."""
         if self.on_start is not None:
             self.on_start(attempt)
         if self.call is not None:
@@ -71,14 +89,13 @@ class Entry:
         return self.prepare(attempt)
 
     def finished(self, done: JobFinished) -> None:
-        """The job ended (any terminal status)."""
         self.on_done(done)
 
 
 class Backend(Protocol):
     """What ``submit``, ``map`` and flows need from whatever runs their jobs."""
 
-    def submit(self, *entries: Entry) -> None:
+    def submit(self, *entries: JobEntry) -> None:
         """Take jobs. They reach the scheduler together with everything else submitted
         in this loop iteration; each entry's ``finished`` is called once, at its end.
 

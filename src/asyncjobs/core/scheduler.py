@@ -79,7 +79,8 @@ _EVENT_TYPES = frozenset({JobSubmitted, AttemptSucceeded, AttemptFailed, Attempt
 
 
 class _Job:
-    __slots__ = ("id", "limits", "retries", "backoff_s", "status", "attempt", "retry_at")
+    __slots__ = ("id", "limits", "retries", "backoff_s", "status", "attempt", "retry_at",
+                 "held")
 
     def __init__(self, ev: JobSubmitted) -> None:
         self.id = ev.job_id
@@ -89,6 +90,8 @@ class _Job:
         self.status: JobStatus | None = None
         self.attempt = 0
         self.retry_at = 0.0
+        #: the limits the current attempt holds, from its start to its report (rule 2)
+        self.held: tuple[str, ...] | None = None
 
 
 class SchedulerState:
@@ -111,7 +114,8 @@ class SchedulerState:
         self._ready: dict[tuple[str, ...], deque[_Job]] = {}
         self._retry_heap: list[tuple[float, int, _Job]] = []
         self._retry_seq = 0
-        #: running attempts -> the limits they hold (rule 2)
+        #: attempts of jobs that ended (cancelled) while they ran -> the limits they
+        #: still hold (rule 2); a running job's own attempt keeps them in ``_Job.held``
         self._held: dict[tuple[str, int], tuple[str, ...]] = {}
         self._now = 0.0
         self.log: deque[tuple[float, str, str]] = deque(maxlen=STIMULUS_LOG_SIZE)
@@ -295,6 +299,9 @@ class SchedulerState:
             return
         if job.status is S.RUNNING:
             out.append(CancelAttempt(job.id, job.attempt, ev.stimulus_id))
+            if job.held is not None:
+                self._held[(job.id, job.attempt)] = job.held
+                job.held = None
         self._set_status(job, S.CANCELLED)
         self._finish(
             job, out, error=ErrorInfo("JobCancelled", ev.reason, retryable=False)
@@ -316,7 +323,12 @@ class SchedulerState:
         return job
 
     def _release(self, job_id: str, attempt: int) -> None:
-        held = self._held.pop((job_id, attempt), None)
+        job = self._jobs.get(job_id)
+        if job is not None and job.attempt == attempt and job.held is not None:
+            held: tuple[str, ...] | None = job.held
+            job.held = None
+        else:
+            held = self._held.pop((job_id, attempt), None) if self._held else None
         if held is not None:
             for name in held:
                 limit = self.limits[name]
@@ -356,5 +368,5 @@ class SchedulerState:
                         limits[name].take(now)
                     self._set_status(job, S.RUNNING)
                     job.attempt += 1
-                    self._held[(job.id, job.attempt)] = key
+                    job.held = key
                     out.append(StartAttempt(job.id, job.attempt))

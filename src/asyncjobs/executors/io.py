@@ -23,43 +23,67 @@ class AttemptTimedOut(Exception):
 
 class TaskExecutor:
     """Runs each attempt in a task of its own, which ``cancel`` and ``aclose`` cancel,
-    and reports its end exactly once. Subclasses say how an attempt runs (``_attempt``)."""
+    and reports its end exactly once. Subclasses say how an attempt runs (``_attempt``).
+
+    The task runs the job's own coroutine, and a done-callback reports how it ended: no
+    wrapper coroutine per attempt, which is a frame and a wake-up less for each of a
+    100,000 small jobs.
+    """
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
+        self._tasks: dict[AttemptKey, asyncio.Future[Any]] = {}
+        #: each running task's attempt, so one bound method serves as every done-callback
+        self._keys: dict[asyncio.Future[Any], AttemptKey] = {}
         self._cancelling: set[AttemptKey] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_done = self._ended
 
     def start(self, key: AttemptKey, call: Call) -> None:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        self._tasks[key] = loop.create_task(self._run(key, call))
+        try:
+            result = self._attempt(call)
+        except Exception as exc:  # the call raised before it could be awaited
+            self.sink.failed(key, ErrorInfo.from_exception(exc))
+            return
+        if inspect.iscoroutine(result):
+            task: asyncio.Future[Any] = loop.create_task(result)
+        elif inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+        else:
+            self.sink.succeeded(key, result)  # a plain function run as io
+            return
+        self._tasks[key] = task
+        self._keys[task] = key
+        task.add_done_callback(self._on_done)
 
     def _attempt(self, call: Call) -> Any:
         """Start the call; return its result or an awaitable of it, or raise
         (``AttemptTimedOut`` past its timeout)."""
         raise NotImplementedError
 
-    async def _run(self, key: AttemptKey, call: Call) -> None:
-        try:
-            result = self._attempt(call)
-            if inspect.isawaitable(result):
-                result = await result
-        except AttemptTimedOut as timed_out:
-            self.sink.failed(key, timed_out.info)
-        except asyncio.CancelledError:
-            if key not in self._cancelling:
-                raise
-            self.sink.cancelled(key)
-        except Exception as exc:
-            self.sink.failed(key, ErrorInfo.from_exception(exc))
+    def _ended(self, task: asyncio.Future[Any]) -> None:
+        key = self._keys.pop(task)
+        del self._tasks[key]
+        if task.cancelled():
+            if key in self._cancelling:
+                self._cancelling.discard(key)
+                self.sink.cancelled(key)
+            else:  # cancelled by someone else (the loop shutting down, say)
+                info = ErrorInfo("CancelledError", "the attempt's task was cancelled from "
+                                 "outside the runner", retryable=False)
+                self.sink.failed(key, info)
+            return
+        self._cancelling.discard(key)
+        exc = task.exception()
+        if exc is None:
+            self.sink.succeeded(key, task.result())
+        elif isinstance(exc, AttemptTimedOut):
+            self.sink.failed(key, exc.info)
         else:
-            self.sink.succeeded(key, result)
-        finally:
-            del self._tasks[key]
-            self._cancelling.discard(key)
+            self.sink.failed(key, ErrorInfo.from_exception(exc))
 
     def cancel(self, key: AttemptKey) -> None:
         task = self._tasks.get(key)
