@@ -87,6 +87,122 @@ def test_pure_layers_do_no_io_and_import_nothing_above_them(package: str) -> Non
         assert not upward, f"{path.name} imports a higher layer: {upward}"
 
 
+#: which layer each top-level module or package of asyncjobs belongs to, lowest first
+LAYERS: dict[str, tuple[str, ...]] = {
+    "leaf": ("errors", "model", "config", "marks", "targets"),
+    "pure": ("core", "flow", "protocol"),
+    "adapter": ("executors", "store", "report", "transport"),
+    "seam": ("backend",),
+    "engine": ("engine",),
+    "runs": ("mapper", "flowrun"),
+    "api": ("api", "client"),
+    "top": ("cli", "progress", "__main__", "daemons", "__init__"),
+}
+#: what each layer may import besides itself; "runs" use the Backend seam, never the engine
+MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "leaf": (),
+    "pure": ("leaf",),
+    "adapter": ("leaf", "pure"),
+    "seam": ("leaf", "pure", "adapter"),
+    "engine": ("leaf", "pure", "adapter", "seam"),
+    "runs": ("leaf", "pure", "adapter", "seam"),
+    "api": ("leaf", "pure", "adapter", "seam", "engine", "runs"),
+    "top": ("leaf", "pure", "adapter", "seam", "engine", "runs", "api"),
+}
+LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts).removesuffix(".__init__") or "__init__"
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules of asyncjobs this file imports when it runs (``TYPE_CHECKING`` blocks
+    left out, imports inside functions kept), as dotted names below the package."""
+    tree = ast.parse(path.read_text())
+    parts = path.relative_to(SRC).with_suffix("").parts
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for child in node.body for n in ast.walk(child))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[: len(package) - (node.level - 1)])
+            if node.module:
+                found.add(".".join(base + node.module.split(".")))
+            else:
+                found.update(".".join([*base, a.name]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asyncjobs."):
+            found.add(node.module.removeprefix("asyncjobs.") if node.module else "")
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("asyncjobs.") for a in node.names
+                         if a.name.startswith("asyncjobs."))
+    return {f for f in found if f}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in SRC.rglob("*.py") if p.name != "_worker_main.py"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for imp in _runtime_imports(path):
+            while imp and imp not in modules:  # "core.policy.scoped" -> "core.policy"
+                imp = imp.rpartition(".")[0]
+            if imp and imp != name:
+                targets.add(imp)
+        graph[name] = targets
+    return graph
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = {m.split(".")[0] for m in _graph()} - set(LAYER_OF)
+    assert not missing, f"add these to LAYERS: {sorted(missing)}"
+
+
+def test_imports_point_down_the_layers() -> None:
+    bad = []
+    for module, targets in _graph().items():
+        layer = LAYER_OF[module.split(".")[0]]
+        allowed = {layer, *MAY_IMPORT[layer]}
+        for target in targets:
+            if LAYER_OF[target.split(".")[0]] not in allowed:
+                bad.append(f"{module} ({layer}) imports {target} "
+                           f"({LAYER_OF[target.split('.')[0]]})")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}
+    for root in graph:
+        if root in state:
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, list[str]]] = [(root, sorted(graph[root]))]
+        state[root] = 1
+        path.append(root)
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+                continue
+            nxt = todo.pop()
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(graph[nxt])))
+
+
 def test_executors_do_not_reach_up_to_engine_or_api() -> None:
     for path in (SRC / "executors").rglob("*.py"):
         found = _imports(path)

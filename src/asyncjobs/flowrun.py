@@ -115,7 +115,7 @@ class _Item(Entry):
         """The item as a job of its own."""
         running = self.running
         job = running.job
-        self.job_id = self.record.id
+        self.job_id = f"{self.flow.scope}/{self.record.id}"  # unique among the runner's jobs
         self.kind = job.kind
         self.limits = running.limits
         self.retries = job.retries
@@ -416,7 +416,7 @@ class FlowRun:
     def _chunk(self, running: _Running, items: list[_Item]) -> Entry:
         """Several CPU items as one job (rule 5); each keeps its own record and outcome."""
         job = running.job
-        chunk_id = f"{job.name}[{items[0].index}..{items[-1].index}]"
+        chunk_id = f"{self.scope}/{job.name}[{items[0].index}..{items[-1].index}]"
         self._live.add(chunk_id)
 
         def prepare(_attempt: int) -> Call:

@@ -182,6 +182,13 @@ class SchedulerState:
                 for name, spec in ev.limits.items():
                     Limit(spec.concurrency, spec.rate_per_s)  # raises for bad values
                     new_limits.add(scoped(ev.scope, name))
+            elif kind is LimitsReleased:
+                assert isinstance(ev, LimitsReleased)
+                names = set(self._scopes.get(ev.scope, ()))
+                for key, queue in self._ready.items():
+                    if names.intersection(key) and any(j.status is S.QUEUED for j in queue):
+                        raise ValueError(f"limit scope {ev.scope!r} is released while jobs "
+                                         "naming its limits still wait for them")
             elif kind not in _EVENT_TYPES:
                 raise TypeError(f"not a scheduler event: {ev!r}")
 
@@ -251,13 +258,17 @@ class SchedulerState:
             names.append(full)
 
     def _on_limits_released(self, ev: LimitsReleased) -> None:
-        for name in self._scopes.pop(ev.scope, ()):
+        names = self._scopes.pop(ev.scope, [])
+        for name in names:
             if self.limits[name].in_use:
                 self._retired.add(name)
             else:
                 del self.limits[name]
-        for key in [k for k in self._ready if not self._ready[k]]:
-            del self._ready[key]  # a scope's queues would otherwise pile up, run after run
+        gone = set(names)
+        for key in [k for k in self._ready if gone.intersection(k) or not self._ready[k]]:
+            # what is left in a released scope's queues was cancelled while queued; and
+            # empty queues would otherwise pile up, run after run
+            del self._ready[key]
 
     def _enqueue(self, job: _Job) -> None:
         self._set_status(job, S.QUEUED)
