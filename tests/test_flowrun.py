@@ -221,3 +221,27 @@ async def test_chunked_results_keep_item_order(tmp_path: Path) -> None:
     async with Runner(cpu_workers=2) as runner:
         report = await runner.run_flow(path)
     assert report.ok and report.results["total"] == sum(i * i for i in range(2000))
+
+
+async def test_chunked_cpu_items_are_timed_one_by_one(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, """
+        jobs:
+          naps:
+            foreach: [0.0, 0.08, 0.0, 0.08, 0.0, 0.08]
+            call: tests.flow.calls:nap
+            args: ["{{ item }}"]
+            kind: cpu
+    """)
+    async with Runner(cpu_workers=1) as runner:
+        report = await runner.run_flow(path)
+    assert report.ok, report.summary_lines()
+    took = {r.id: r.duration_s for r in report.records}
+    for i in range(6):
+        duration = took[f"naps[{i}]"]
+        assert duration is not None
+        if i % 2:
+            assert 0.07 <= duration < 1.0, took
+        else:
+            assert duration < 0.05, took
+    slowest = next(line for line in report.summary_lines() if line.startswith("slowest"))
+    assert "naps[1]" in slowest and "0.00s" not in slowest

@@ -44,7 +44,7 @@ def test_summary_names_slowest_and_each_failure() -> None:
     lines = sample().summary_lines()
     assert lines[0] == "create-flows: FAILED — 2 succeeded, 1 failed, 1 skipped"
     assert lines[1] == "wall time 10.00 s, 0.3 jobs/s"
-    assert lines[2].startswith("slowest: create[1] 8.00s, create[0] 3.00s")
+    assert lines[2].startswith("slowest (start to end): create[1] 8.00s, create[0] 3.00s")
     assert "  failed create[1] after 3 attempts: HttpStatusError: POST" in lines[3]
     assert "1 skipped" in lines[4]
 
@@ -63,3 +63,23 @@ def test_streamed_json_equals_the_plain_data(tmp_path: Path) -> None:
     empty = FlowReport("e", "e.yaml", started=1.0, ended=2.0)
     empty.write_json(out)
     assert json.loads(out.read_text())["jobs"] == []
+
+
+def test_printed_values_are_escaped_and_capped() -> None:
+    report = FlowReport("evil\x1b[2J", "jobs.yaml", started=1.0, ended=2.0)
+    report.records = [
+        JobRecord("job\x1b]0;title\x07", "job", S.FAILED, 1, started=1.0, ended=1.5,
+                  error="ShellFailed: exit code 1: " + "y" * 1_000_000),
+    ]
+    report.results = {"r\x1b[31m": "red\x1b[0m"}
+    text = "\n".join(report.summary_lines())
+    assert "\x1b" not in text and "\x07" not in text
+    assert "evil\\x1b[2J" in text and "job\\x1b]0;title\\x07" in text
+    assert max(len(line) for line in text.splitlines()) < 500
+
+
+def test_short_durations_are_shown_in_milliseconds() -> None:
+    report = FlowReport("f", "jobs.yaml", started=1.0, ended=2.0)
+    report.records = [JobRecord(f"a[{i}]", "a", S.SUCCEEDED, 1, started=1.0,
+                                ended=1.0 + d) for i, d in enumerate((0.0004, 0.041))]
+    assert "slowest (start to end): a[1] 41ms, a[0] 0.4ms" in report.summary_lines()

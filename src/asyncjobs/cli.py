@@ -95,10 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
     try:
         plan = plan_flow(load_flow(args.file, params))
-        # foreach sources (a lines file, a templated range) are checked before anything runs
-        described = describe_plan(plan, os.environ)
         if args.dry_run:
-            print(described)
+            print(describe_plan(plan, os.environ))
             return EXIT_OK
     except FlowError as exc:
         return _fail(str(exc))
@@ -129,7 +127,12 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
 
     loop = asyncio.get_running_loop()
     async with Runner(cpu_workers=args.cpu_workers) as runner:
-        flow = runner.open_flow(args.file, plan=plan, resume=args.resume)
+        try:
+            # foreach sources (a lines file, a templated range) are checked here, before
+            # anything runs
+            flow = runner.open_flow(args.file, plan=plan, resume=args.resume)
+        except FlowError as exc:
+            return _fail(str(exc))
         _tune_gc()
         task = asyncio.ensure_future(flow.run())
         signals = (signal.SIGINT, signal.SIGTERM)

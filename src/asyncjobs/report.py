@@ -16,6 +16,28 @@ SLOWEST_SHOWN = 5
 FAILURES_SHOWN = 20
 #: a final job's result is shown in the summary when its text is at most this long
 RESULT_SHOWN_CHARS = 120
+#: longest text of one value (an id, an error line) in the summary
+SHOWN_CHARS = 300
+
+#: C0 and C1 control characters (ESC, BEL, CR...) and DEL, as escapes: a job's name or
+#: error line must not move the cursor, recolour or clear the terminal it is printed on
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def printable(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` safe to print on one line: control characters escaped, at most ``limit``
+    characters (the cut marked with an ellipsis)."""
+    text = text.translate(_CONTROL)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def seconds(value: float) -> str:
+    """A duration for people: ``2.31s``, ``41ms``, ``0.4ms``."""
+    if value >= 1:
+        return f"{value:.2f}s"
+    if value >= 0.01:
+        return f"{value * 1000:.0f}ms"
+    return f"{value * 1000:.1f}ms"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -141,20 +163,21 @@ class FlowReport:
         shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         head = "interrupted" if self.interrupted else ("ok" if self.ok else "FAILED")
         lines = [
-            f"{self.name}: {head} — {shown or 'no jobs'}",
+            f"{printable(self.name, 80)}: {head} — {shown or 'no jobs'}",
             f"wall time {self.wall_s:.2f} s, {rate:,.1f} jobs/s",
         ]
         if self.resumed:
             lines.append(f"{self.resumed} resumed: done in the last run, not run again")
         slowest = self.slowest()
-        if slowest:
-            lines.append("slowest: " + ", ".join(
-                f"{r.id} {r.duration_s:.2f}s" for r in slowest
+        if slowest:  # chunked cpu items: their own time in the worker
+            lines.append("slowest (start to end): " + ", ".join(
+                f"{printable(r.id, 80)} {seconds(r.duration_s or 0.0)}" for r in slowest
             ))
         failures = self.failures()
         for record in failures[:FAILURES_SHOWN]:
             tries = f" after {record.attempts} attempts" if record.attempts > 1 else ""
-            lines.append(f"  {record.status.value} {record.id}{tries}: {record.error or ''}")
+            lines.append(f"  {record.status.value} {printable(record.id, 80)}{tries}: "
+                         f"{printable(record.error or '')}")
         if len(failures) > FAILURES_SHOWN:
             lines.append(f"  ... and {len(failures) - FAILURES_SHOWN} more (see --report)")
         skipped = counts["skipped"]
@@ -163,5 +186,5 @@ class FlowReport:
         for name, value in self.results.items():
             text = value if isinstance(value, str) else repr(value)
             if value is not None and len(text) <= RESULT_SHOWN_CHARS and "\n" not in text:
-                lines.append(f"{name} = {text}")
+                lines.append(f"{printable(name, 80)} = {printable(text)}")
         return lines

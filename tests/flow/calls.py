@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import asyncjobs
 
@@ -45,3 +46,8 @@ class AsyncCallable:
 
 async_object = AsyncCallable()
 async_partial = functools.partial(fetch, "partial")
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

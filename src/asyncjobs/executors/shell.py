@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: bytes of stdout and of stderr kept per attempt (the tail: the end is what explains)
 TAIL_BYTES = 64 * 1024
 REAP_TIMEOUT_S = 5.0
+#: most characters of the last stderr line in a failure's message
+LAST_LINE_CHARS = 1000
 
 
 class ShellFailed(Exception):
@@ -27,6 +29,8 @@ class ShellFailed(Exception):
 
     def __init__(self, command: str, exit_code: int, stdout: str, stderr: str) -> None:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        if len(last) > LAST_LINE_CHARS:  # the whole tail is in .stderr; this is a headline
+            last = last[:LAST_LINE_CHARS] + "…"
         super().__init__(f"exit code {exit_code}" + (f": {last}" if last else ""))
         self.command = command
         self.exit_code = exit_code
