@@ -85,7 +85,10 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Event | None = None
         self._closed = False
-        self._batches = itertools.count(1)
+        self._submits = itertools.count(1)
+        self._passes = itertools.count(1)
+        #: the stimulus of what executors report until the next pass
+        self._reports_id = "reports-0"
 
     # -- Backend ----------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class Engine:
         if len(entries) > 1 and len({e.job_id for e in entries}) < len(entries):
             raise ValueError("one submit() names a job id twice")
         now = self._now()
+        stimulus = f"submit-{next(self._submits)}"  # one per call: a map refill is one
         inbox = self._inbox
         kind_only = self._kind_only
         for entry in entries:
@@ -112,7 +116,7 @@ class Engine:
             limits = ((KIND_LIMIT[entry.kind], *entry.limits) if entry.limits
                       else kind_only[entry.kind])
             inbox.append(JobSubmitted(entry.job_id, limits, entry.retries, entry.backoff_s,
-                                      now))
+                                      now, stimulus))
         self._drain_soon()
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
@@ -171,7 +175,8 @@ class Engine:
     # -- sink: executors report here --------------------------------------------------
 
     def succeeded(self, key: AttemptKey, result: Any) -> None:
-        self._report(AttemptSucceeded(key[0], key[1], result, self._now()))
+        # successes are the bulk: they share their loop iteration's stimulus id
+        self._report(AttemptSucceeded(key[0], key[1], result, self._now(), self._reports_id))
 
     def failed(self, key: AttemptKey, error: ErrorInfo) -> None:
         stimulus = f"failed-{key[0]}-{key[1]}"
@@ -198,6 +203,7 @@ class Engine:
 
     def _drain(self) -> None:
         self._drain_due = False
+        self._reports_id = f"reports-{next(self._passes)}"
         if self._inbox:
             self._feed([])
 

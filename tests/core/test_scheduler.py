@@ -201,10 +201,12 @@ def test_invalid_transition_raises(sched: SchedulerState) -> None:
 
 def test_to_dict_reports_counts_and_limits(sched: SchedulerState) -> None:
     sched.handle(*(submit(f"j{i}", "@cpu", stimulus_id="s") for i in range(3)))
+    sched.handle(AttemptFailed("j0", 1, BOOM, stimulus_id="f"))
     d = sched.to_dict()
-    assert d["counts"]["running"] == 2 and d["counts"]["queued"] == 1
+    assert d["counts"]["running"] == 2 and d["counts"]["queued"] == 0
     assert d["limits"]["@cpu"]["in_use"] == 2
-    assert d["queued"] == {"@cpu": 1} and len(d["log"]) == 3
+    # one log entry per stimulus, however many events it brought
+    assert [entry[1:] for entry in d["log"]] == [["JobSubmitted", "s"], ["AttemptFailed", "f"]]
 
 
 def test_retry_waits_at_least_what_the_failure_asked(sched: SchedulerState) -> None:

@@ -118,6 +118,7 @@ class SchedulerState:
         #: still hold (rule 2); a running job's own attempt keeps them in ``_Job.held``
         self._held: dict[tuple[str, int], tuple[str, ...]] = {}
         self._now = 0.0
+        #: (now, event type, stimulus id) of the latest stimuli, for post-mortems
         self.log: deque[tuple[float, str, str]] = deque(maxlen=STIMULUS_LOG_SIZE)
         self.counts: dict[JobStatus, int] = dict.fromkeys(JobStatus, 0)
 
@@ -133,11 +134,15 @@ class SchedulerState:
         """
         self._check(events)
         out: list[Command] = []
+        last = self.log[-1][2] if self.log else ""
         for ev in events:
             if ev.now > self._now:
                 self._now = ev.now
-            if ev.stimulus_id:
-                self.log.append((ev.now, type(ev).__name__, ev.stimulus_id))
+            if ev.stimulus_id and ev.stimulus_id != last:
+                # one entry per stimulus, not per event: a map's refill or a loop
+                # iteration's reports are one stimulus of thousands of events
+                last = ev.stimulus_id
+                self.log.append((ev.now, type(ev).__name__, last))
             if type(ev) is AttemptSucceeded:
                 self._on_succeeded(ev, out)
             elif type(ev) is JobSubmitted:
