@@ -11,14 +11,19 @@ since the last write goes as one msgpack blob, one row per write. (A row per job
 fingerprint and item is not run again; its result is carried into the new run, so the
 run after that can resume from it too. (The full per-job record is ``--report``'s.)
 
+One run of a file at a time: a lock beside the database (``flock``, so it dies with its
+process) makes a second one fail with ``RunInProgress``.
+
 All SQLite calls run on one thread of their own, so the event loop never waits on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +32,13 @@ from typing import Any
 
 import msgpack
 
+from .errors import RunInProgress
+
 STATE_DIR = ".asyncjobs"
 KEEP_RUNS = 5
 FLUSH_EVERY_S = 0.5
+#: how long to wait for a lock holder to write its pid, for the error message
+PID_WAIT_S = 0.2
 
 #: bumped when the tables change; a state file of another version is started afresh
 #: (it only ever saves work on ``--resume``, it never holds anything else)
@@ -107,11 +116,17 @@ class RunStore:
     """
 
     def __init__(self, flow_path: str | Path, flow_name: str) -> None:
+        #: the file as the caller named it, for messages
+        self.shown_path = str(flow_path)
         self.flow_path = str(Path(flow_path).resolve())
         self.flow_name = flow_name
         self.db_path = Path(self.flow_path).parent / STATE_DIR / "state.db"
+        self.lock_path = self.db_path.parent / f"{Path(self.flow_path).name}.lock"
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="asyncjobs-store")
+        #: whether the thread is shut down (after ``close``, or an ``open`` that failed)
+        self._shut = False
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self._run_id: int | None = None
         #: fingerprint -> [(job id, item key, packed result or None)], not yet written
         self._pending: dict[str, list[tuple[str, str, bytes | None]]] = {}
@@ -124,15 +139,30 @@ class RunStore:
     async def open(self, *, resume: bool) -> Prior | None:
         """Start recording a run; with ``resume``, return what the last run left.
 
-        :raises OSError: if the state folder cannot be created
+        On failure nothing stays open, and ``close`` may still be called.
+
+        :raises RunInProgress: if another run of the same file is going on
+        :raises OSError: if the state folder or its lock file cannot be created
         :raises sqlite3.Error: if the database cannot be opened
         """
-        prior = await self._call(self._open, resume)
+        try:
+            prior = await self._call(self._open, resume)
+        except BaseException:
+            self._shutdown()
+            raise
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         return prior  # type: ignore[no-any-return]
 
     def _open(self, resume: bool) -> Prior | None:
+        try:
+            return self._open_db(resume)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open_db(self, resume: bool) -> Prior | None:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.lock_path, self.shown_path)
         conn = self._conn = sqlite3.connect(self.db_path)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -204,21 +234,84 @@ class RunStore:
         self._conn.commit()
 
     async def close(self, status: str) -> None:
-        """Write what is left, mark the run ended, and close the database."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
-        await self.flush()
-        await self._call(self._close, status)
-        self._thread.shutdown(wait=True)
+        """Write what is left, mark the run ended, and close the database.
 
-    def _close(self, status: str) -> None:
-        if self._conn is not None:
-            self._conn.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?",
-                               (time.time(), status, self._run_id))
-            self._conn.commit()
-            self._conn.close()
-            self._conn = None
+        Safe to call more than once, and after an ``open`` that failed or never happened.
+
+        :raises sqlite3.Error: if what is left cannot be written (everything is closed
+            all the same)
+        """
+        if self._shut:
+            return
+        try:
+            flusher, self._flusher = self._flusher, None
+            if flusher is not None:
+                flusher.cancel()
+                await asyncio.wait([flusher])
+                if not flusher.cancelled():
+                    flusher.exception()  # a failed write: the final flush tries again
+            if self._run_id is not None:
+                await self.flush()
+                await self._call(self._end, status)
+        finally:
+            self._shutdown()
+
+    def _end(self, status: str) -> None:
+        assert self._conn is not None
+        self._conn.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?",
+                           (time.time(), status, self._run_id))
+        self._conn.commit()
+
+    def _shutdown(self) -> None:
+        """Close the database and the lock on the store thread, once whatever it is
+        doing is done, and end the thread."""
+        if not self._shut:
+            self._shut = True
+            self._thread.submit(self._release)
+            self._thread.shutdown(wait=True)
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # for a forked child that shares it, too
+            os.close(fd)
+
+
+def _lock(path: Path, shown_path: str) -> int:
+    """Lock ``path`` for this run and write our pid in it; the lock goes with the
+    process, however it ends.
+
+    :raises RunInProgress: if another run holds it
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise RunInProgress(shown_path, pid) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid the lock holder wrote, waiting a little for it to be written."""
+    deadline = time.monotonic() + PID_WAIT_S
+    while True:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return int(text)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
