@@ -1,5 +1,5 @@
-"""RunStore on real SQLite files: one run of a file at a time, and nothing left open when
-opening fails."""
+"""RunStore on real SQLite files: runs side by side, one run of a file at a time, and
+nothing left open when opening fails."""
 
 from __future__ import annotations
 
@@ -108,6 +108,45 @@ async def make_holder() -> AsyncIterator[Callable[..., Awaitable[Holder]]]:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+
+
+# -- runs of different files in one folder, at once ---------------------------------------
+
+
+async def test_runs_of_different_files_in_one_folder_open_at_once(tmp_path: Path) -> None:
+    for round_ in range(20):  # a new database each round: creating it is the racy part
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        paths = [folder / f"flow{i}.yaml" for i in range(8)]
+        await asyncio.gather(*(record(p, [f"{p.stem}-job"]) for p in paths))
+        for p in paths:
+            assert await resumable(p) == {f"{p.stem}-job"}
+
+
+async def test_a_new_database_another_run_is_reading_is_waited_for(tmp_path: Path) -> None:
+    state = tmp_path / ".asyncjobs"
+    state.mkdir()
+    other = sqlite3.connect(state / "state.db", isolation_level=None)
+    try:  # another run has just created the file, not yet in WAL mode, and reads it
+        other.execute("BEGIN")
+        other.execute("SELECT * FROM sqlite_master").fetchall()
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        await record(tmp_path / "jobs.yaml", ["a"])
+    finally:
+        other.close()
+    assert await resumable(tmp_path / "jobs.yaml") == {"a"}
+
+
+async def test_a_write_of_another_run_is_waited_for(tmp_path: Path) -> None:
+    await record(tmp_path / "other.yaml", ["x"])
+    other = sqlite3.connect(tmp_path / ".asyncjobs" / "state.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        await record(tmp_path / "jobs.yaml", ["a"])
+    finally:
+        other.close()
+    assert await resumable(tmp_path / "jobs.yaml") == {"a"}
 
 
 # -- one run of a file at a time ----------------------------------------------------------

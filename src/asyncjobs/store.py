@@ -12,7 +12,10 @@ fingerprint and item is not run again; its result is carried into the new run, s
 run after that can resume from it too. (The full per-job record is ``--report``'s.)
 
 One run of a file at a time: a lock beside the database (``flock``, so it dies with its
-process) makes a second one fail with ``RunInProgress``.
+process) makes a second one fail with ``RunInProgress``. Runs of other files in the same
+folder share the database: every connection waits for the others (``BUSY_TIMEOUT_S``),
+writes are single statements or short ``BEGIN IMMEDIATE`` transactions, and what SQLite
+still answers "busy" is retried.
 
 All SQLite calls run on one thread of their own, so the event loop never waits on disk.
 """
@@ -28,15 +31,23 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
 from .errors import RunInProgress
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_T = TypeVar("_T")
+
 STATE_DIR = ".asyncjobs"
 KEEP_RUNS = 5
 FLUSH_EVERY_S = 0.5
+#: how long a connection waits for another run's write (SQLite's busy timeout), and how
+#: long "busy" answers that come without waiting are retried
+BUSY_TIMEOUT_S = 30.0
 #: how long to wait for a lock holder to write its pid, for the error message
 PID_WAIT_S = 0.2
 
@@ -56,6 +67,9 @@ CREATE TABLE IF NOT EXISTS succeeded (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 """
+
+#: job id -> (fingerprint, item key, packed result or None)
+Rows = dict[str, tuple[str, str, bytes | None]]
 
 
 def fingerprint(definition: Any, item: Any, inputs: Any) -> str:
@@ -95,7 +109,7 @@ class Prior:
     """What the last run recorded as succeeded: job id -> (fingerprint, item key,
     packed result)."""
 
-    def __init__(self, rows: dict[str, tuple[str, str, bytes | None]]) -> None:
+    def __init__(self, rows: Rows) -> None:
         self.rows = rows
 
     def match(self, job_id: str, digest: str, key: str,
@@ -133,7 +147,7 @@ class RunStore:
         self._seq = 0
         self._flusher: asyncio.Task[None] | None = None
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def open(self, *, resume: bool) -> Prior | None:
@@ -151,54 +165,44 @@ class RunStore:
             self._shutdown()
             raise
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        return prior  # type: ignore[no-any-return]
+        return prior
 
     def _open(self, resume: bool) -> Prior | None:
         try:
-            return self._open_db(resume)
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock(self.lock_path, self.shown_path)
+            conn = self._conn = sqlite3.connect(
+                self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            _retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            conn.execute("PRAGMA synchronous=NORMAL")
+            _retry(lambda: _transaction(conn, _migrate))
+            prior = None
+            if resume:
+                prior = Prior(_unpack_rows(_retry(lambda: conn.execute(
+                    "SELECT jobs FROM succeeded WHERE run_id = (SELECT id FROM runs"
+                    " WHERE flow_path = ? ORDER BY id DESC LIMIT 1) ORDER BY seq",
+                    (self.flow_path,),
+                ).fetchall())))
+            self._run_id = _retry(lambda: _transaction(conn, self._start_run))
+            return prior
         except BaseException:
             self._release()
             raise
 
-    def _open_db(self, resume: bool) -> Prior | None:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.lock_path, self.shown_path)
-        conn = self._conn = sqlite3.connect(self.db_path)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            conn.executescript("DROP TABLE IF EXISTS succeeded; DROP TABLE IF EXISTS runs;")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.executescript(_SCHEMA)
-        prior = None
-        if resume:
-            last = conn.execute(
-                "SELECT id FROM runs WHERE flow_path = ? ORDER BY id DESC LIMIT 1",
-                (self.flow_path,),
-            ).fetchone()
-            rows: dict[str, tuple[str, str, bytes | None]] = {}
-            if last is not None:
-                for (blob,) in conn.execute(
-                    "SELECT jobs FROM succeeded WHERE run_id = ? ORDER BY seq", (last[0],),
-                ):
-                    for digest, jobs in msgpack.unpackb(blob, raw=False):
-                        for job_id, key, result in jobs:
-                            rows[job_id] = (digest, key, result)
-            prior = Prior(rows)
-        cur = conn.execute(
+    def _start_run(self, conn: sqlite3.Connection) -> int:
+        run_id = conn.execute(
             "INSERT INTO runs (flow_path, flow_name, started) VALUES (?, ?, ?)",
             (self.flow_path, self.flow_name, time.time()),
-        )
-        self._run_id = cur.lastrowid
+        ).lastrowid
+        assert run_id is not None
         old = conn.execute(
             "SELECT id FROM runs WHERE flow_path = ? ORDER BY id DESC LIMIT -1 OFFSET ?",
             (self.flow_path, KEEP_RUNS),
         ).fetchall()
-        for (run_id,) in old:
-            conn.execute("DELETE FROM succeeded WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        conn.commit()
-        return prior
+        for (old_id,) in old:
+            conn.execute("DELETE FROM succeeded WHERE run_id = ?", (old_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (old_id,))
+        return run_id
 
     def succeeded(self, job_id: str, digest: str, key: str, result: Any = None, *,
                   keep_result: bool) -> None:
@@ -221,17 +225,28 @@ class RunStore:
                 await self.flush()
 
     async def flush(self) -> None:
+        """Write what succeeded since the last write, now.
+
+        :raises sqlite3.Error: if it cannot be written (it stays queued)
+        """
         pending, self._pending = self._pending, {}
-        if pending:
-            self._seq += 1
+        if not pending:
+            return
+        self._seq += 1
+        try:
             await self._call(self._write, self._seq, pending)
+        except BaseException:  # cancelled midway, it may still land: then twice, harmlessly
+            for digest, jobs in pending.items():
+                self._pending.setdefault(digest, []).extend(jobs)
+            raise
 
     def _write(self, seq: int, pending: dict[str, list[tuple[str, str, bytes | None]]]) -> None:
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
         blob = msgpack.packb(list(pending.items()), use_bin_type=True)
-        self._conn.execute("INSERT INTO succeeded (run_id, seq, jobs) VALUES (?, ?, ?)",
-                           (self._run_id, seq, blob))
-        self._conn.commit()
+        _retry(lambda: conn.execute(
+            "INSERT INTO succeeded (run_id, seq, jobs) VALUES (?, ?, ?)",
+            (self._run_id, seq, blob)))
 
     async def close(self, status: str) -> None:
         """Write what is left, mark the run ended, and close the database.
@@ -249,7 +264,7 @@ class RunStore:
                 flusher.cancel()
                 await asyncio.wait([flusher])
                 if not flusher.cancelled():
-                    flusher.exception()  # a failed write: the final flush tries again
+                    flusher.exception()  # a failed write: its jobs are still queued
             if self._run_id is not None:
                 await self.flush()
                 await self._call(self._end, status)
@@ -257,10 +272,10 @@ class RunStore:
             self._shutdown()
 
     def _end(self, status: str) -> None:
-        assert self._conn is not None
-        self._conn.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?",
-                           (time.time(), status, self._run_id))
-        self._conn.commit()
+        conn = self._conn
+        assert conn is not None
+        _retry(lambda: conn.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?",
+                                    (time.time(), status, self._run_id)))
 
     def _shutdown(self) -> None:
         """Close the database and the lock on the store thread, once whatever it is
@@ -315,3 +330,58 @@ def _read_pid(fd: int) -> int | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.01)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _retry(fn: Callable[[], _T]) -> _T:
+    """``fn()``, again while SQLite answers "busy" without having waited (changing the
+    journal mode, a lock it cannot wait for), for up to ``BUSY_TIMEOUT_S``."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause_s = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.1)
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(conn, *args)`` in one write transaction, taken at once (so no other write
+    can come between its reads and its writes)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        conn.execute("DROP TABLE IF EXISTS succeeded")
+        conn.execute("DROP TABLE IF EXISTS runs")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _unpack_rows(blobs: list[tuple[bytes]]) -> Rows:
+    """One run's blobs, in order, as one row per job (the newest wins)."""
+    rows: Rows = {}
+    for (blob,) in blobs:
+        for digest, jobs in msgpack.unpackb(blob, raw=False):
+            for job_id, key, result in jobs:
+                rows[job_id] = (digest, key, result)
+    return rows
+
