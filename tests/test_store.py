@@ -1,5 +1,5 @@
-"""RunStore on real SQLite files: runs side by side, one run of a file at a time, and
-nothing left open when opening fails."""
+"""RunStore on real SQLite files: runs side by side, one run of a file at a time, nothing
+left open when opening fails, and nothing forgotten when a run is killed."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from typing import TYPE_CHECKING
 
+import msgpack
 import psutil
 import pytest
 
+from asyncjobs import store
 from asyncjobs.errors import RunInProgress
 from asyncjobs.store import RunStore
 
@@ -225,3 +228,61 @@ async def test_close_without_open_is_safe(tmp_path: Path) -> None:
     run = RunStore(tmp_path / "jobs.yaml", "jobs")
     await run.close("failed")
     assert store_threads() == [] and not (tmp_path / ".asyncjobs").exists()
+
+
+# -- nothing forgotten ----------------------------------------------------------------------
+
+
+async def test_the_first_success_is_written_at_once(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "FLUSH_EVERY_S", 3600.0)  # only the first write is soon
+    run = RunStore(tmp_path / "jobs.yaml", "jobs")
+    await run.open(resume=False)
+    try:
+        run.succeeded("a", DIGEST, "", keep_result=False)
+        db = sqlite3.connect(tmp_path / ".asyncjobs" / "state.db")
+        try:
+            deadline = time.monotonic() + 10
+            while not db.execute("SELECT count(*) FROM succeeded").fetchone()[0]:
+                assert time.monotonic() < deadline, "the first success was not written"
+                await asyncio.sleep(0.01)
+        finally:
+            db.close()
+    finally:
+        await run.close("ok")
+
+
+async def test_a_resumed_run_killed_at_once_keeps_what_the_last_one_did(
+    tmp_path: Path, make_holder: Callable[..., Awaitable[Holder]],
+) -> None:
+    path = tmp_path / "jobs.yaml"
+    await record(path, ["a", "b"], status="interrupted")
+    resumed = await make_holder(path, resume=True)  # resumes a and b, does nothing new
+    await resumed.kill()
+    again = await make_holder(path, "c", resume=True)  # does c, then is killed
+    await again.kill()
+    assert await resumable(path) == {"a", "b", "c"}
+
+
+async def test_what_a_resumed_run_carries_over_is_written_once(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    result = store.pack_result({"rows": 3})
+    await record(path, ["a", "b"])
+    run = RunStore(path, "jobs")
+    prior = await run.open(resume=True)
+    assert prior is not None
+    assert prior.match("a", DIGEST, "", need_result=False) == (True, None)
+    run.succeeded("a", DIGEST, "", keep_result=False)  # as the flow reports a resumed job
+    run.succeeded("b", DIGEST, "", {"rows": 3}, keep_result=True)  # ran again for a result
+    run.succeeded("c", DIGEST, "", keep_result=False)
+    await run.close("ok")
+    with sqlite3.connect(path.parent / ".asyncjobs" / "state.db") as db:
+        (last,) = db.execute("SELECT max(id) FROM runs").fetchone()
+        blobs = db.execute("SELECT seq, jobs FROM succeeded WHERE run_id = ? ORDER BY seq",
+                           (last,)).fetchall()
+    written = [job[0] for _seq, blob in blobs for _d, jobs in msgpack.unpackb(blob)
+               for job in jobs]
+    assert sorted(written) == ["a", "b", "b", "c"]  # the carried a, b; then b again, c
+    rows = await record(path, [], resume=True)
+    assert rows["b"][2] == result and set(rows) == {"a", "b", "c"}
+

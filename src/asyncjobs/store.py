@@ -8,14 +8,20 @@ that is written, because this is on the hot path of a 100,000-job flow: what suc
 since the last write goes as one msgpack blob, one row per write. (A row per job cost
 ~6 µs per job, most of it the store thread and the event loop taking turns at the GIL.)
 ``--resume`` reads the last run of the same file: a job recorded there with the same
-fingerprint and item is not run again; its result is carried into the new run, so the
-run after that can resume from it too. (The full per-job record is ``--report``'s.)
+fingerprint and item is not run again. (The full per-job record is ``--report``'s.)
 
-One run of a file at a time: a lock beside the database (``flock``, so it dies with its
-process) makes a second one fail with ``RunInProgress``. Runs of other files in the same
-folder share the database: every connection waits for the others (``BUSY_TIMEOUT_S``),
-writes are single statements or short ``BEGIN IMMEDIATE`` transactions, and what SQLite
-still answers "busy" is retried.
+A run may be killed at any moment, and ``--resume`` must not forget what it knew:
+
+1. A resumed run starts by carrying the last run's records (the newest of each job, as
+   one blob) into its own, in the transaction that creates it, so the newest run always
+   holds everything done so far, however many runs were killed before.
+2. The first write follows the first success at once, then one at most every
+   ``FLUSH_EVERY_S``: a kill loses that much work, and the write under way, at most.
+3. One run of a file at a time: a lock beside the database (``flock``, so it dies with
+   its process) makes a second one fail with ``RunInProgress``. Runs of other files in
+   the same folder share the database: every connection waits for the others
+   (``BUSY_TIMEOUT_S``), writes are single statements or short ``BEGIN IMMEDIATE``
+   transactions, and what SQLite still answers "busy" is retried.
 
 All SQLite calls run on one thread of their own, so the event loop never waits on disk.
 """
@@ -44,7 +50,8 @@ _T = TypeVar("_T")
 
 STATE_DIR = ".asyncjobs"
 KEEP_RUNS = 5
-FLUSH_EVERY_S = 0.5
+#: the longest a write waits after the first success since the last one
+FLUSH_EVERY_S = 0.1
 #: how long a connection waits for another run's write (SQLite's busy timeout), and how
 #: long "busy" answers that come without waiting are retried
 BUSY_TIMEOUT_S = 30.0
@@ -56,7 +63,7 @@ PID_WAIT_S = 0.2
 SCHEMA_VERSION = 3
 #: ``succeeded.jobs``: msgpack ``[[fingerprint, [[job_id, item_key, packed_result], ...]],
 #: ...]``, the jobs that succeeded since the previous write (packed_result: msgpack of the
-#: result, or nil when not kept)
+#: result, or nil when not kept); a resumed run's ``seq`` 0 holds what it carried over
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, flow_path TEXT NOT NULL, flow_name TEXT NOT NULL,
@@ -111,6 +118,8 @@ class Prior:
 
     def __init__(self, rows: Rows) -> None:
         self.rows = rows
+        #: the job ``match`` last allowed to skip (its record is carried over as it is)
+        self.matched: str | None = None
 
     def match(self, job_id: str, digest: str, key: str,
               need_result: bool) -> tuple[bool, Any]:
@@ -119,7 +128,11 @@ class Prior:
         if row is None or row[0] != digest or row[1] != key:
             return False, None
         if row[2] is None:
-            return (not need_result), None
+            if need_result:
+                return False, None
+            self.matched = job_id
+            return True, None
+        self.matched = job_id
         return True, msgpack.unpackb(row[2], raw=False)
 
 
@@ -142,8 +155,12 @@ class RunStore:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._run_id: int | None = None
+        #: what this run carried over from the last one (``open(resume=True)``)
+        self._prior: Prior | None = None
         #: fingerprint -> [(job id, item key, packed result or None)], not yet written
         self._pending: dict[str, list[tuple[str, str, bytes | None]]] = {}
+        #: set when ``_pending`` stops being empty
+        self._dirty = asyncio.Event()
         self._seq = 0
         self._flusher: asyncio.Task[None] | None = None
 
@@ -177,24 +194,30 @@ class RunStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             _retry(lambda: _transaction(conn, _migrate))
             prior = None
+            carried = b""
             if resume:
-                prior = Prior(_unpack_rows(_retry(lambda: conn.execute(
+                rows = _unpack_rows(_retry(lambda: conn.execute(
                     "SELECT jobs FROM succeeded WHERE run_id = (SELECT id FROM runs"
                     " WHERE flow_path = ? ORDER BY id DESC LIMIT 1) ORDER BY seq",
                     (self.flow_path,),
-                ).fetchall())))
-            self._run_id = _retry(lambda: _transaction(conn, self._start_run))
+                ).fetchall()))
+                prior = self._prior = Prior(rows)
+                carried = _pack_rows(rows)
+            self._run_id = _retry(lambda: _transaction(conn, self._start_run, carried))
             return prior
         except BaseException:
             self._release()
             raise
 
-    def _start_run(self, conn: sqlite3.Connection) -> int:
+    def _start_run(self, conn: sqlite3.Connection, carried: bytes) -> int:
         run_id = conn.execute(
             "INSERT INTO runs (flow_path, flow_name, started) VALUES (?, ?, ?)",
             (self.flow_path, self.flow_name, time.time()),
         ).lastrowid
         assert run_id is not None
+        if carried:
+            conn.execute("INSERT INTO succeeded (run_id, seq, jobs) VALUES (?, 0, ?)",
+                         (run_id, carried))
         old = conn.execute(
             "SELECT id FROM runs WHERE flow_path = ? ORDER BY id DESC LIMIT -1 OFFSET ?",
             (self.flow_path, KEEP_RUNS),
@@ -208,21 +231,32 @@ class RunStore:
                   keep_result: bool) -> None:
         """Queue a job that succeeded; written within ``FLUSH_EVERY_S``.
 
+        A job the ``Prior`` of ``open`` has just matched is not written again: this run
+        carried its record over already.
+
         :param digest: the job's ``fingerprint``
         :param key: its item's ``item_key`` ("" for a job without ``foreach``)
         :param keep_result: store the result too (something after it uses it)
         """
+        prior = self._prior
+        if prior is not None and job_id == prior.matched:
+            return
         packed = pack_result(result) if keep_result else None
         jobs = self._pending.get(digest)
         if jobs is None:
+            if not self._pending:
+                self._dirty.set()
             jobs = self._pending[digest] = []
         jobs.append((job_id, key, packed))
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(FLUSH_EVERY_S)
-            if self._pending:
-                await self.flush()
+            await self._dirty.wait()
+            self._dirty.clear()
+            started = loop.time()
+            await self.flush()
+            await asyncio.sleep(started + FLUSH_EVERY_S - loop.time())
 
     async def flush(self) -> None:
         """Write what succeeded since the last write, now.
@@ -385,3 +419,15 @@ def _unpack_rows(blobs: list[tuple[bytes]]) -> Rows:
                 rows[job_id] = (digest, key, result)
     return rows
 
+
+def _pack_rows(rows: Rows) -> bytes:
+    """``rows`` as one blob of the ``succeeded.jobs`` layout (empty for no rows)."""
+    if not rows:
+        return b""
+    by_digest: dict[str, list[tuple[str, str, bytes | None]]] = {}
+    for job_id, (digest, key, result) in rows.items():
+        jobs = by_digest.get(digest)
+        if jobs is None:
+            jobs = by_digest[digest] = []
+        jobs.append((job_id, key, result))
+    return msgpack.packb(list(by_digest.items()), use_bin_type=True)  # type: ignore[no-any-return]
