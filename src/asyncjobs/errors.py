@@ -123,3 +123,21 @@ def job_exception(job_id: str, status: JobStatus, attempts: int,
     if error is None:
         return JobFailed(job_id, "Unknown", "no error was recorded", "", attempts)
     return JobFailed.from_error(job_id, error, attempts)
+
+
+class RunInProgress(AsyncJobsError, RuntimeError):
+    """Another run of the same flow file is going on: only one at a time may record its
+    state (``.asyncjobs/`` beside the file). Raised before anything runs.
+
+    :param path: the flow file
+    :param pid: the process of the other run, or ``None`` when it could not be read
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        super().__init__(path, pid)
+        self.path = path
+        self.pid = pid
+
+    def __str__(self) -> str:
+        who = "pid unknown" if self.pid is None else f"pid {self.pid}"
+        return f"another run of {self.path} is in progress ({who}); wait for it or stop it"
