@@ -120,3 +120,36 @@ def test_ctrl_c_cancels_kills_and_still_summarises(tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "1 succeeded, 1 cancelled" in stderr
     wait_until_gone_sync([shell_pid], deadline_s=2)
+
+
+def test_a_second_run_of_the_same_file_exits_2_naming_the_first(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    path = write_flow(tmp_path, f"""
+        jobs:
+          wait: {{shell: "touch {marker} && sleep 30"}}
+    """)
+    first = subprocess.Popen([PYTHON, "-m", "asyncjobs", "run", str(path), "--quiet"],
+                             env=python_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if marker.exists():
+                break
+            time.sleep(0.02)
+        assert marker.exists()
+        r = asyncjobs("run", str(path), "--quiet")
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == (f"asyncjobs: error: another run of {path} is in progress "
+                                    f"(pid {first.pid}); wait for it or stop it")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(10)
+
+
+def test_a_state_folder_that_cannot_be_made_exits_2(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, "jobs:\n  a: {shell: 'true'}\n")
+    (tmp_path / ".asyncjobs").write_text("a file where the state folder should be")
+    r = asyncjobs("run", str(path), "--quiet")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("asyncjobs: error: cannot open the run state ")
+    assert "Traceback" not in r.stderr

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from asyncjobs import Runner
+from asyncjobs.errors import RunInProgress
 
 from .conftest import write_flow
 
@@ -56,7 +57,7 @@ async def server() -> AsyncIterator[Counts]:
 
 def _flow(folder: Path, name: str, url: str) -> Path:
     folder.mkdir(exist_ok=True)
-    return write_flow(folder, f"""
+    path = write_flow(folder, f"""
         name: {name}
         limits:
           api: 2
@@ -66,13 +67,15 @@ def _flow(folder: Path, name: str, url: str) -> Path:
             limit: api
             http: {{url: "{url}/{name}/{{{{ item }}}}"}}
     """)
+    return path.rename(folder / f"{name}.yaml")
 
 
 async def test_two_flows_declaring_the_same_limit_name_get_two_pools(
     tmp_path: Path, server: Counts,
 ) -> None:
-    a = _flow(tmp_path / "a", "a", server.url)
-    b = _flow(tmp_path / "b", "b", server.url)
+    # two files in one folder: they share its .asyncjobs/state.db
+    a = _flow(tmp_path, "a", server.url)
+    b = _flow(tmp_path, "b", server.url)
     async with Runner() as runner:
         first, second = await asyncio.gather(runner.run_flow(a), runner.run_flow(b))
         # every scope's limits are gone once its run ended
@@ -80,6 +83,19 @@ async def test_two_flows_declaring_the_same_limit_name_get_two_pools(
     assert first.ok and second.ok, (first.summary_lines(), second.summary_lines())
     # each flow had its own pool of 2: both filled it, neither went past it
     assert server.most == {"a": 2, "b": 2}
+
+
+async def test_the_same_flow_twice_at_once_is_refused_and_once_more_after(
+    tmp_path: Path, server: Counts,
+) -> None:
+    a = _flow(tmp_path, "a", server.url)
+    async with Runner() as runner:
+        first = asyncio.create_task(runner.run_flow(a))
+        await asyncio.wait_for(server.hit.wait(), 10)
+        with pytest.raises(RunInProgress, match="another run of .*a.yaml is in progress"):
+            await runner.run_flow(a)
+        assert (await first).ok
+        assert (await runner.run_flow(a)).ok
 
 
 async def test_the_same_flow_twice_in_a_row_on_one_runner(tmp_path: Path, server: Counts) -> None:

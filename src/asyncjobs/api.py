@@ -285,6 +285,7 @@ class Runner:
         :returns: the ``FlowReport``; ``report.ok`` is true when every job succeeded
         :raises FlowError: for an invalid file, before anything runs
         :raises RunInProgress: if another run of the same file is in progress
+        :raises StateUnavailable: if the run state beside the file cannot be opened
         :raises RunnerClosed: if the runner is not open
         """
         return await self.open_flow(path, params=params, env=env, resume=resume).run()

@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import FlowError
+from .errors import FlowError, RunInProgress, StateUnavailable
 
 if TYPE_CHECKING:
     from .flow.plan import FlowPlan
@@ -150,7 +150,10 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
                 await progress.stop()
         interrupted = task.cancelled()
         if not interrupted:
-            task.result()  # a bug in the run itself surfaces here
+            try:
+                task.result()  # a bug in the run itself surfaces here
+            except (RunInProgress, StateUnavailable) as exc:  # before anything ran
+                return _fail(str(exc))
     report = flow.report
     if not args.quiet or not report.ok:
         for line in report.summary_lines():

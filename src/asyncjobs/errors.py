@@ -141,3 +141,22 @@ class RunInProgress(AsyncJobsError, RuntimeError):
     def __str__(self) -> str:
         who = "pid unknown" if self.pid is None else f"pid {self.pid}"
         return f"another run of {self.path} is in progress ({who}); wait for it or stop it"
+
+
+class StateUnavailable(AsyncJobsError, RuntimeError):
+    """A flow's run state (``.asyncjobs/state.db`` beside the file) cannot be created or
+    read. Raised before anything runs.
+
+    :param path: the state database
+    :param reason: what failed
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (f"cannot open the run state {self.path}: {self.reason}; check that its "
+                "folder is writable, or delete the folder to start afresh (only --resume "
+                "needs what is in it)")

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from .errors import RunInProgress
+from .errors import RunInProgress, StateUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -173,11 +173,14 @@ class RunStore:
         On failure nothing stays open, and ``close`` may still be called.
 
         :raises RunInProgress: if another run of the same file is going on
-        :raises OSError: if the state folder or its lock file cannot be created
-        :raises sqlite3.Error: if the database cannot be opened
+        :raises StateUnavailable: if the state folder, its lock file or the database
+            cannot be created or read
         """
         try:
             prior = await self._call(self._open, resume)
+        except (OSError, sqlite3.Error) as exc:
+            self._shutdown()
+            raise StateUnavailable(str(self.db_path), f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             self._shutdown()
             raise
