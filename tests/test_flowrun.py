@@ -209,7 +209,9 @@ async def test_chunked_cpu_items_fail_alone(tmp_path: Path, how: str, error: str
     assert (failed[0].error or "").startswith(error)
     assert all(r.started is not None and r.ended is not None for r in items)
     assert {r.id: r.status for r in report.records}["total"] is JobStatus.SKIPPED
-    assert engine_jobs < 1500 / 4  # items went in chunks
+    # items went in chunks (one job each would be 1,500; a crashed chunk reruns its items
+    # one by one, and a loaded machine measures items slower, so smaller chunks)
+    assert engine_jobs < 1500 / 2
 
 
 async def test_chunked_results_keep_item_order(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from asyncjobs import store
-from asyncjobs.errors import RunInProgress
+from asyncjobs.errors import RunInProgress, StateUnavailable
 from asyncjobs.store import RunStore
 
 from .conftest import PYTHON, python_env
@@ -211,7 +211,7 @@ async def test_open_of_an_unreadable_database_leaves_nothing_open(tmp_path: Path
     (tmp_path / ".asyncjobs").mkdir()
     (tmp_path / ".asyncjobs" / "state.db").write_bytes(b"not a database, " * 256)
     run = RunStore(tmp_path / "jobs.yaml", "jobs")
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StateUnavailable, match="file is not a database"):
         await run.open(resume=True)
     await assert_nothing_left_open(run, tmp_path)
 
@@ -219,7 +219,7 @@ async def test_open_of_an_unreadable_database_leaves_nothing_open(tmp_path: Path
 async def test_open_without_a_state_folder_leaves_nothing_open(tmp_path: Path) -> None:
     (tmp_path / ".asyncjobs").write_text("a file where the folder should be")
     run = RunStore(tmp_path / "jobs.yaml", "jobs")
-    with pytest.raises(OSError):
+    with pytest.raises(StateUnavailable, match="FileExistsError"):
         await run.open(resume=False)
     await assert_nothing_left_open(run, tmp_path)
 
