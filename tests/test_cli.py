@@ -153,3 +153,17 @@ def test_a_state_folder_that_cannot_be_made_exits_2(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("asyncjobs: error: cannot open the run state ")
     assert "Traceback" not in r.stderr
+
+
+def test_a_thread_job_past_its_timeout_does_not_hold_the_exit(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, """
+        jobs:
+          stuck: {call: tests.flow.calls:nap, args: [300], kind: thread, timeout: 0.2}
+    """)
+    started = time.monotonic()
+    r = asyncjobs("run", str(path), timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert time.monotonic() - started < 30
+    assert "failed stuck: TimeoutError: attempt ran past its timeout of 0.2s" in r.stderr
+    assert r.stderr.rstrip().endswith("asyncjobs: a thread job was still running (Python "
+                                      "cannot stop a thread); exiting without waiting for it")

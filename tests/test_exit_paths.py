@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -63,3 +66,39 @@ def test_workers_die_with_their_runner(tmp_path: Path, how: str) -> None:
         assert proc.returncode in (130, -signal.SIGINT)
         assert "KeyboardInterrupt" in stderr
     wait_until_gone_sync(workers, deadline_s=2.0)
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_shell_jobs_die_with_a_killed_run(tmp_path: Path, how: str) -> None:
+    # a plain shell step and one that leaves a background child: every process of both
+    # groups must end when `asyncjobs run` is killed, even by SIGKILL
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    flow = tmp_path / "jobs.yaml"
+    flow.write_text(f"""
+jobs:
+  plain: {{shell: "echo $$ > {pids}/plain; exec sleep 300"}}
+  nested:
+    shell: "echo $$ > {pids}/nested; sleep 300 & echo $! > {pids}/child; wait"
+""")
+    started: list[int] = []
+    with subprocess.Popen([PYTHON, "-m", "asyncjobs", "run", str(flow), "--quiet"],
+                          env=python_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as proc:
+        try:
+            for _ in range(500):
+                if all((pids / n).exists() and (pids / n).read_text().strip()
+                       for n in ("plain", "nested", "child")):
+                    break
+                time.sleep(0.02)
+            started = [int((pids / n).read_text()) for n in ("plain", "nested", "child")]
+            proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+            proc.wait(timeout=15)
+            wait_until_gone_sync(started, deadline_s=5.0)
+        finally:
+            for pid in started:  # only what this test started, by PID
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

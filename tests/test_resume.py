@@ -159,7 +159,7 @@ KILL_FLOW = """
 KILL_ITEMS = 6000
 #: what a write may lag behind a success on top of ``FLUSH_EVERY_S``, on a busy machine:
 #: the write itself, the thread hop, the event loop or the process not being scheduled
-SLACK_S = 0.4
+SLACK_S = 1.0
 
 _LOGS: dict[str, int] = {}
 

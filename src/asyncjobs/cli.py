@@ -160,9 +160,25 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
     if args.report:
         report.write_json(args.report)
-    if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if report.ok else EXIT_FAILED
+    code = EXIT_INTERRUPTED if interrupted else EXIT_OK if report.ok else EXIT_FAILED
+    _leave_stuck_threads(code)
+    return code
+
+
+def _leave_stuck_threads(code: int) -> None:
+    """Exit now if a thread job is still running (past its timeout, or cancelled):
+    Python's exit would wait for its thread, forever if the call never returns, and
+    nothing can stop a thread. Everything else is closed and written by now."""
+    from .executors.thread import calls_in_threads
+
+    left = calls_in_threads()
+    if left:
+        jobs = "a thread job was" if left == 1 else f"{left} thread jobs were"
+        print(f"asyncjobs: {jobs} still running (Python cannot stop a thread); "
+              "exiting without waiting for it", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from .core.chunking import Chunker
 from .core.policy import LimitSpec, scoped
 from .executors.base import Call
 from .executors.chunk import run_chunk
-from .executors.shell import run_shell
+from .executors.shell import ShellGuard, run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
 from .flow.state import FlowFinished, FlowStarted, FlowState, JobEnded, SkipJob, StartJob
@@ -206,6 +206,8 @@ class FlowRun:
         self._active: dict[str, _Running] = {}
         #: one pooled HTTP session for the run's http jobs (aiohttp is imported only then)
         self._http: HttpClient | None = None
+        #: kills the run's shell process groups if this process dies (kill -9)
+        self._shell_guard: ShellGuard | None = None
         self._finished: asyncio.Future[None] | None = None
         #: ids of the backend jobs submitted and not yet finished (items or chunks)
         self._live: set[str] = set()
@@ -245,6 +247,8 @@ class FlowRun:
                     self.backend.release_limits(self.scope)
                 if self._http is not None:
                     await self._http.aclose()
+                if self._shell_guard is not None:
+                    await self._shell_guard.aclose()
             finally:
                 if self.store is not None:
                     status = "interrupted" if self.report.interrupted else (
@@ -485,13 +489,17 @@ class FlowRun:
             cwd = compile_template(job.cwd)
             default_cwd = os.path.dirname(self.spec.path) or None
             base_env = self.child_env
+            if self._shell_guard is None:
+                self._shell_guard = ShellGuard()
+            guard = self._shell_guard
 
             def shell(item: Any) -> Call:
                 c = ctx(item)
                 run_env = dict(base_env)
                 run_env.update({str(k): str(v) for k, v in job_env(c).items()})
                 return Call(run_shell, (command(c),),
-                            {"env": run_env, "cwd": cwd(c) or default_cwd}, timeout_s)
+                            {"env": run_env, "cwd": cwd(c) or default_cwd, "guard": guard},
+                            timeout_s)
 
             return shell
         assert isinstance(action, HttpAction)

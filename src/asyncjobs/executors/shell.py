@@ -2,7 +2,9 @@
 
 The shell runs in a new session, so its children share its process group. Whatever ends
 the attempt (exit, timeout, cancellation), the whole group is SIGKILLed before the
-attempt reports, so no background child of a shell step outlives it.
+attempt reports, so no background child of a shell step outlives it. And when the
+runner itself dies (even ``kill -9``), a ``ShellGuard`` process kills the groups still
+running (``_shellguard_main.py`` says why and how).
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+GUARD_SCRIPT = str(Path(__file__).resolve().with_name("_shellguard_main.py"))
 
 #: bytes of stdout and of stderr kept per attempt (the tail: the end is what explains)
 TAIL_BYTES = 64 * 1024
@@ -53,11 +59,57 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+class ShellGuard:
+    """The guard process of one run's shell jobs, started with the first of them.
+
+    ``aclose`` ends it (nothing is left to kill by then); if this process dies first,
+    the guard sees its stdin end and kills the groups still listed.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+    def _send(self, line: str) -> None:
+        if self._proc is None:
+            # -I -S: isolated, no site packages to import: a 10 ms start, once per run
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", GUARD_SCRIPT], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+            )
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.write(line.encode())
+            self._proc.stdin.flush()
+
+    async def aclose(self) -> None:
+        """End the guard and wait for it (bounded)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        for _ in range(int(REAP_TIMEOUT_S / 0.01)):
+            if proc.poll() is not None:
+                return
+            await asyncio.sleep(0.01)
+        proc.kill()
+        proc.wait()
+
+
 async def run_shell(
-    command: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    command: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
+    guard: ShellGuard | None = None,
 ) -> dict[str, Any]:
     """Run ``command`` with ``/bin/sh -c``.
 
+    :param guard: kills the command's process group if this process dies first
     :returns: ``{"exit_code": 0, "stdout": tail, "stderr": tail}``
     :raises ShellFailed: on a non-zero exit
     """
@@ -65,12 +117,16 @@ async def run_shell(
         "/bin/sh", "-c", command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=cwd,
     )
+    if guard is not None:
+        guard.watch(proc.pid)
     readers = [asyncio.ensure_future(_tail(proc.stdout)), asyncio.ensure_future(_tail(proc.stderr))]
     try:
         exit_code = await proc.wait()
     finally:
         # the group outlives the shell when it left children behind; kill it either way
         _kill_group(proc.pid)
+        if guard is not None:
+            guard.forget(proc.pid)
         if proc.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.shield(asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S))

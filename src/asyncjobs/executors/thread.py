@@ -1,13 +1,16 @@
 """Thread attempts: blocking calls in a bounded pool of threads.
 
 A Python thread cannot be killed, so an attempt past its timeout (or cancelled) is
-reported at once and its thread is left to finish the call in the background.
+reported at once and its thread is left to finish the call in the background. Python's
+exit waits for such a thread; ``calls_in_threads()`` tells how many are still running,
+so ``asyncjobs run`` can say so and exit without waiting for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +18,30 @@ from .base import timeout_info
 from .io import AttemptTimedOut, TaskExecutor
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .base import AttemptKey, Call, Sink
+
+
+_lock = threading.Lock()
+#: calls running in any runner's threads, process-wide (threads are the process's)
+_running = 0
+
+
+def calls_in_threads() -> int:
+    """How many thread-job calls are running now, in any runner of this process."""
+    return _running
+
+
+def _counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    global _running
+    with _lock:
+        _running += 1
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        with _lock:
+            _running -= 1
 
 
 class ThreadExecutor(TaskExecutor):
@@ -40,7 +66,7 @@ class ThreadExecutor(TaskExecutor):
 
     async def _attempt(self, call: Call) -> Any:
         fut = asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(call.fn, *call.args, **call.kwargs)
+            self._pool, functools.partial(_counted, call.fn, *call.args, **call.kwargs)
         )
         if call.timeout_s is None:
             return await fut
