@@ -298,11 +298,14 @@ class Runner:
         env: Mapping[str, str] | None = None,
         resume: bool = False,
         plan: FlowPlan | None = None,
+        keep_records: bool = True,
     ) -> FlowRun:
         """Validate a flow and make its run, without starting it (``await run.run()``
         does; ``run_flow`` does both). The command line uses this to show progress.
 
         :param plan: the file's plan, when already loaded (``path`` must be its file)
+        :param keep_records: keep every job's record in ``report.records`` (else only
+            the summary's aggregates; ``report.stream_json`` writes them as they come)
         :raises FlowError: for an invalid file
         :raises RunnerClosed: if the runner is not open
         """
@@ -316,7 +319,8 @@ class Runner:
             plan = plan_flow(load_flow(path, params))
         run_env = os.environ if env is None else env
         return FlowRun(engine, plan, env=run_env, store=RunStore(path, plan.spec.name),
-                       resume=resume, scope=f"flow{next(self._scopes)}")
+                       resume=resume, scope=f"flow{next(self._scopes)}",
+                       keep_records=keep_records)
 
     def _target(self, fn: Any) -> Target:
         """``resolve_target``, remembered per callable for this runner's life: a loop of

@@ -130,9 +130,13 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
         try:
             # foreach sources (a lines file, a templated range) are checked here, before
             # anything runs
-            flow = runner.open_flow(args.file, plan=plan, resume=args.resume)
+            # records stream to --report as jobs end: a million items are not held
+            flow = runner.open_flow(args.file, plan=plan, resume=args.resume,
+                                    keep_records=False)
         except FlowError as exc:
             return _fail(str(exc))
+        if args.report:
+            flow.report.stream_json(args.report)
         _tune_gc()
         task = asyncio.ensure_future(flow.run())
         signals = (signal.SIGINT, signal.SIGTERM)
@@ -153,13 +157,13 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
             try:
                 task.result()  # a bug in the run itself surfaces here
             except (RunInProgress, StateUnavailable) as exc:  # before anything ran
+                flow.report.discard_json()
                 return _fail(str(exc))
     report = flow.report
+    report.close_json()
     if not args.quiet or not report.ok:
         for line in report.summary_lines():
             print(line, file=sys.stderr)
-    if args.report:
-        report.write_json(args.report)
     code = EXIT_INTERRUPTED if interrupted else EXIT_OK if report.ok else EXIT_FAILED
     _leave_stuck_threads(code)
     return code

@@ -154,6 +154,7 @@ class _Item(Entry):
         record.attempts = attempts
         record.ended = ended
         record.error = error
+        flow.report.add(record)
         flow.done += 1
         if status is JobStatus.SUCCEEDED:
             if running.results is not None:
@@ -177,11 +178,14 @@ class FlowRun:
 
     :param env: the environment templates see as ``env`` and shell jobs inherit
     :param scope: a name for this run's limits, unique among the backend's open runs
+    :param keep_records: keep every job's record in the report (a million-item run
+        that streams its records to a file need not)
     """
 
     def __init__(
         self, backend: Backend, plan: FlowPlan, *, env: Mapping[str, str],
         store: RunStore | None = None, resume: bool = False, scope: str = "flow",
+        keep_records: bool = True,
     ) -> None:
         self.backend = backend
         self.store = store
@@ -194,7 +198,8 @@ class FlowRun:
         self.spec = plan.spec
         self.env = dict(env)
         self.child_env = {k: v for k, v in self.env.items() if k != "ASYNCJOBS_SECRET"}
-        self.report = FlowReport(self.spec.name, self.spec.path, started=time.time())
+        self.report = FlowReport(self.spec.name, self.spec.path, started=time.time(),
+                                 keep_records=keep_records)
 
         self.results: dict[str, Any] = {}
         self.done = 0
@@ -285,7 +290,7 @@ class FlowRun:
 
     def _skip(self, name: str, cause: str) -> None:
         self.done += self._counts[name] or 0
-        self.report.records.append(JobRecord(
+        self.report.add(JobRecord(
             name, name, JobStatus.SKIPPED,
             error=f"Skipped: needs {cause}, which did not succeed",
         ))
@@ -393,7 +398,7 @@ class FlowRun:
         if not ok:
             return False
         now = time.time()
-        self.report.records.append(JobRecord(job_id, job.name, JobStatus.SUCCEEDED, 0,
+        self.report.add(JobRecord(job_id, job.name, JobStatus.SUCCEEDED, 0,
                                              started=now, ended=now))
         if running.results is not None:
             running.results.append(result)
@@ -411,7 +416,6 @@ class FlowRun:
         job = running.job
         job_id = item_id(job.name, index) if job.foreach is not None else job.name
         record = JobRecord(job_id, job.name)
-        self.report.records.append(record)
         if running.results is not None:
             running.results.append(None)
         running.in_flight += 1

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .model import JobStatus
 
@@ -89,52 +90,82 @@ class JobRecord:
         }
 
 
-@dataclass(slots=True)
 class FlowReport:
     """The outcome of one run of a flow.
 
-    ``ok`` is true when every job succeeded (``asyncjobs run`` exits 0).
+    ``ok`` is true when every job succeeded (``asyncjobs run`` exits 0). What the summary
+    needs is kept as it goes — counts, the slowest jobs, the first failures — so a run of
+    a million items holds no million records: ``records`` lists every job only when
+    ``keep_records`` (the default for ``Runner.run_flow``; ``asyncjobs run`` streams them
+    to ``--report`` instead, see ``stream_json``). Records come in the order jobs ended.
+
+    :param keep_records: keep every job's record in ``records``
     """
 
-    name: str
-    path: str
-    started: float
-    ended: float | None = None
-    records: list[JobRecord] = field(default_factory=list)
-    interrupted: bool = False
-    #: results of the final jobs (those no other job needs), by job name
-    results: dict[str, Any] = field(default_factory=dict)
-    #: jobs not run again because the last run had done them (``--resume``)
-    resumed: int = 0
+    def __init__(self, name: str, path: str, started: float, ended: float | None = None,
+                 *, keep_records: bool = True) -> None:
+        self.name = name
+        self.path = path
+        self.started = started
+        self.ended = ended
+        self.keep_records = keep_records
+        self.records: list[JobRecord] = []
+        self.interrupted = False
+        #: results of the final jobs (those no other job needs), by job name
+        self.results: dict[str, Any] = {}
+        #: jobs not run again because the last run had done them (``--resume``)
+        self.resumed = 0
+        self._counts = dict.fromkeys((s.value for s in JobStatus), 0)
+        self._added = 0
+        #: a min-heap of (duration, order, record): the slowest jobs so far
+        self._slowest: list[tuple[float, int, JobRecord]] = []
+        self._failures: list[JobRecord] = []
+        self._failures_total = 0
+        self._stream: _JsonStream | None = None
+
+    def add(self, record: JobRecord) -> None:
+        """A job ended (its record is final): count it, and keep or stream it."""
+        self._counts[record.status.value] += 1
+        self._added += 1
+        duration = record.duration_s
+        if duration is not None:
+            entry = (duration, self._added, record)
+            if len(self._slowest) < SLOWEST_SHOWN:
+                heapq.heappush(self._slowest, entry)
+            elif duration > self._slowest[0][0]:
+                heapq.heapreplace(self._slowest, entry)
+        if record.status in _FAILURES:
+            self._failures_total += 1
+            if len(self._failures) < FAILURES_SHOWN:
+                self._failures.append(record)
+        if self.keep_records:
+            self.records.append(record)
+        if self._stream is not None:
+            self._stream.write(record)
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((s.value for s in JobStatus), 0)
-        for record in self.records:
-            counts[record.status.value] += 1
-        return counts
+        return dict(self._counts)
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(
-            r.status is JobStatus.SUCCEEDED for r in self.records
-        )
+        return not self.interrupted and self._counts["succeeded"] == self._added
 
     @property
     def wall_s(self) -> float:
         return (self.ended or self.started) - self.started
 
     def slowest(self, n: int = SLOWEST_SHOWN) -> list[JobRecord]:
-        timed = [r for r in self.records if r.duration_s is not None]
-        return sorted(timed, key=lambda r: r.duration_s or 0.0, reverse=True)[:n]
+        ranked = sorted(self._slowest, key=lambda e: (-e[0], e[1]))
+        return [record for _, _, record in ranked[:n]]
 
     def failures(self) -> list[JobRecord]:
-        bad = (JobStatus.FAILED, JobStatus.CANCELLED)
-        return [r for r in self.records if r.status in bad]
+        """The first ``FAILURES_SHOWN`` jobs that failed or were cancelled."""
+        return list(self._failures)
 
     def to_json(self) -> dict[str, Any]:
-        """The report as plain data (``write_json`` writes the same, streamed)."""
-        return {**self._head(), "jobs": [r.to_json() for r in self.records]}
+        """The report as plain data; ``jobs`` holds the kept records."""
+        return {"jobs": [r.to_json() for r in self.records], **self._head()}
 
     def _head(self) -> dict[str, Any]:
         return {
@@ -145,15 +176,30 @@ class FlowReport:
         }
 
     def write_json(self, path: str | Path) -> None:
-        """Write the report as JSON, one job per line, streamed: a 100,000-job report is
-        never built in memory whole. Parent folders are created."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("w") as out:
-            out.write(json.dumps(self._head())[:-1] + ', "jobs": [')
-            for i, record in enumerate(self.records):
-                out.write(("\n" if i == 0 else ",\n") + json.dumps(record.to_json()))
-            out.write("\n]}\n")
+        """Write the report with its kept records as JSON, one job per line. Parent
+        folders are created."""
+        stream = _JsonStream(path)
+        for record in self.records:
+            stream.write(record)
+        stream.close(self._head())
+
+    def stream_json(self, path: str | Path) -> None:
+        """From now on, write each job's record to ``path`` as it ends (the file is
+        complete, with the counts, once ``close_json`` is called). Parent folders are
+        created; the file appears whole, on ``close_json``."""
+        self._stream = _JsonStream(path)
+
+    def close_json(self) -> None:
+        """Finish the file ``stream_json`` began."""
+        if self._stream is not None:
+            self._stream.close(self._head())
+            self._stream = None
+
+    def discard_json(self) -> None:
+        """Drop what ``stream_json`` began (the run never started)."""
+        if self._stream is not None:
+            self._stream.discard()
+            self._stream = None
 
     def summary_lines(self) -> list[str]:
         """The end-of-run summary: counts, wall time, throughput, slowest jobs, failures."""
@@ -173,13 +219,13 @@ class FlowReport:
             lines.append("slowest (start to end): " + ", ".join(
                 f"{printable(r.id, 80)} {seconds(r.duration_s or 0.0)}" for r in slowest
             ))
-        failures = self.failures()
-        for record in failures[:FAILURES_SHOWN]:
+        for record in self._failures:
             tries = f" after {record.attempts} attempts" if record.attempts > 1 else ""
             lines.append(f"  {record.status.value} {printable(record.id, 80)}{tries}: "
                          f"{printable(record.error or '')}")
-        if len(failures) > FAILURES_SHOWN:
-            lines.append(f"  ... and {len(failures) - FAILURES_SHOWN} more (see --report)")
+        if self._failures_total > len(self._failures):
+            more = self._failures_total - len(self._failures)
+            lines.append(f"  ... and {more} more (see --report)")
         skipped = counts["skipped"]
         if skipped:
             lines.append(f"  {skipped} skipped because a job they need did not succeed")
@@ -188,3 +234,32 @@ class FlowReport:
             if value is not None and len(text) <= RESULT_SHOWN_CHARS and "\n" not in text:
                 lines.append(f"{printable(name, 80)} = {printable(text)}")
         return lines
+
+
+_FAILURES = (JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class _JsonStream:
+    """The JSON report written as jobs end: ``{"jobs": [ ...one per line... ], "flow":
+    ..., "counts": ...}``, into ``PATH.part`` renamed to ``PATH`` when complete."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.part = self.path.with_name(self.path.name + ".part")
+        self.out: TextIO = self.part.open("w")
+        self.out.write('{"jobs": [')
+        self.first = True
+
+    def write(self, record: JobRecord) -> None:
+        self.out.write(("\n" if self.first else ",\n") + json.dumps(record.to_json()))
+        self.first = False
+
+    def close(self, head: dict[str, Any]) -> None:
+        self.out.write("\n], " + json.dumps(head)[1:] + "\n")
+        self.out.close()
+        self.part.replace(self.path)
+
+    def discard(self) -> None:
+        self.out.close()
+        self.part.unlink(missing_ok=True)
