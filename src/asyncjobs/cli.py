@@ -8,10 +8,8 @@ subprocesses killed, and the summary is still printed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -122,6 +120,9 @@ def _tune_gc() -> None:
 
 
 async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: --dry-run, --help and --version never need it
+    import signal
+
     from .api import Runner
     from .progress import Progress
 

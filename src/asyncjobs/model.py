@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -84,6 +83,8 @@ class ErrorInfo:
                        where: str = "") -> ErrorInfo:
         """An exception as data. An exception may say it is final (``retryable = False``)
         or how long to wait first (``retry_after_s``), as HTTP failures do."""
+        import traceback  # here: ``import asyncjobs`` runs in every worker, and stays light
+
         return cls(
             type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)),
             retryable=retryable and getattr(exc, "retryable", True),
