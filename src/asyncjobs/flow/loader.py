@@ -7,8 +7,6 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ..config import parse_duration, parse_rate
 from ..errors import FlowError
 from ..model import JobKind
@@ -24,7 +22,12 @@ from .spec import (
     ShellAction,
 )
 from .template import references
-from .yamlnodes import Located, load_yaml
+from .yamlnodes import (
+    MAX_FLOW_BYTES,
+    Located,
+    load_yaml,
+    read_flow,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -128,8 +131,8 @@ def _coerce_param(name: str, raw: str, default: Any, ck: _Checker) -> Any:
             return float(raw)
         if isinstance(default, str):
             return raw
-        return yaml.safe_load(raw)
-    except (ValueError, yaml.YAMLError):
+        return load_yaml(raw, f"--param {name}").value
+    except ValueError:  # FlowError included
         wanted = type(default).__name__
         raise ck.fail(f"params.{name}", f"--param {name}={raw!r}: expected a {wanted} "
                       f"like the default {default!r}") from None
@@ -141,6 +144,7 @@ def load_flow(
     *,
     text: str | None = None,
     resolve: Callable[[str], Target] = resolve_target,
+    max_bytes: int = MAX_FLOW_BYTES,
 ) -> FlowSpec:
     """Read, parse and validate a flow file.
 
@@ -149,14 +153,15 @@ def load_flow(
     :param resolve: turns a ``call`` reference into its kind and job defaults, raising
         ``TargetError``; the default imports it here (a cluster client may check
         without importing)
+    :param max_bytes: a larger flow file is refused before it is parsed (default 10 MiB)
     :raises FlowError: for the first problem found, with its line and key
     """
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise FlowError(f"cannot read the flow file: {exc.strerror}", path=str(path)) from None
+        text = read_flow(path, max_bytes)
+    elif len(text) > max_bytes:
+        raise FlowError(f"the flow text is {len(text):,} characters, over the limit of "
+                        f"{max_bytes:,} bytes (max_bytes)", path=str(path))
     doc = load_yaml(text, str(path))
     ck = _Checker(doc, resolve)
     top = ck.mapping(doc.value, "", "a flow file")
