@@ -262,3 +262,38 @@ def test_a_large_legal_file_loads_in_bounded_time(tmp_path: Path) -> None:
     assert spec.jobs["fan"].foreach is not None
     assert len(spec.jobs["fan"].foreach.items or ()) == 200_000
     assert elapsed < 10, f"{elapsed:.1f}s"  # loose: a shared machine; it was 15 s
+
+
+# -- names with control characters (printed in reports) ---------------------------------
+
+def test_a_job_name_with_a_control_character_is_refused_and_printed_escaped(
+    tmp_path: Path,
+) -> None:
+    err = error_of(tmp_path, b'jobs:\n  ok: {shell: x}\n  "a\\e[31m": {shell: x}\n')
+    assert "job name 'a\\x1b[31m' holds the control character U+001B" in err.message
+    assert err.line == 3 and err.key == "jobs.a\\x1b[31m"
+    assert "\x1b" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'name: "demo\\a"\njobs: {a: {shell: x}}\n',
+     b'limits:\n  "api\\x9b": 5\njobs: {a: {shell: x}}\n',
+     b'jobs:\n  "a\\u202eb": {shell: x}\n'],
+)
+def test_other_printed_names_with_control_characters_are_refused(
+    tmp_path: Path, data: bytes
+) -> None:
+    err = error_of(tmp_path, data)
+    assert "control character" in err.message
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in str(err))
+
+
+def test_no_error_prints_a_raw_control_character(tmp_path: Path) -> None:
+    err = error_of(tmp_path, b'jobs:\n  a:\n    shell: x\n    "ne\\eeds": [b]\n')
+    assert "\x1b" not in str(err) and "'ne\\x1beds'" in str(err)
+
+
+def test_values_keep_their_control_characters(tmp_path: Path) -> None:
+    spec = load_flow(write_bytes(tmp_path, b'jobs:\n  a: {shell: "printf \'\\e[31mred\'"}\n'))
+    assert spec.jobs["a"].raw["shell"] == "printf '\x1b[31mred'"

@@ -25,6 +25,7 @@ from .template import references
 from .yamlnodes import (
     MAX_FLOW_BYTES,
     Located,
+    control_character,
     load_yaml,
     read_flow,
 )
@@ -171,6 +172,7 @@ def load_flow(
     name = top.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise ck.fail("name", f"name must be text, got {_kind(name)}")
+    _printed_name(ck, name, "name", "the flow's name")
 
     params = dict(ck.mapping(top.get("params") or {}, "params", "params"))
     for k, raw in (params_override or {}).items():
@@ -185,6 +187,7 @@ def load_flow(
     limits: dict[str, LimitSpec] = {}
     for lname, spec in ck.mapping(top.get("limits") or {}, "limits", "limits").items():
         key = f"limits.{lname}"
+        _printed_name(ck, lname, key, f"limit name {lname!r}")
         if isinstance(spec, int) and not isinstance(spec, bool):
             spec = {"concurrency": spec}
         spec = ck.mapping(spec, key, f"limit {lname!r} (a number, or concurrency/rate)")
@@ -210,10 +213,19 @@ def load_flow(
         raise ck.fail("jobs", "'jobs' is empty")
     jobs: dict[str, JobDef] = {}
     for jname, body in jobs_raw.items():
+        _printed_name(ck, jname, f"jobs.{jname}", f"job name {jname!r}")
         jobs[jname] = _job(ck, jname, body, defaults, limits, path)
     spec = FlowSpec(name=name, path=str(path), params=params, limits=limits, jobs=jobs)
     _check_references(ck, spec)
     return spec
+
+
+def _printed_name(ck: _Checker, name: str, key: str, what: str) -> None:
+    """Names are kept as written, but reports print them: no control characters."""
+    found = control_character(name)
+    if found is not None:
+        raise ck.fail(key, f"{what} holds the control character {found}; names are printed "
+                      "in reports and on terminals, so write them without control characters")
 
 
 def _job(ck: _Checker, jname: str, body: Any, defaults: dict[str, Any],
