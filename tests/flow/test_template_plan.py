@@ -96,7 +96,7 @@ def test_foreach_forms(tmp_path: Path) -> None:
     items = {name: list(iter_items(job, spec, {})) for name, job in spec.jobs.items()}
     assert items == {"listed": ["x", "y"], "ranged": [0, 1, 2, 3], "spans": [2, 5, 8],
                      "lines": ["a", "b", "c"]}
-    assert [count_items(j, spec, {}) for j in spec.jobs.values()] == [2, 4, 3, 3]
+    assert [count_items(j, spec, {}) for j in spec.jobs.values()] == [2, 4, 3, None]
     assert item_id("ranged", 3) == "ranged[3]"
 
 

@@ -3,9 +3,13 @@ implied by ``{{ results.X }}``), and each ``foreach`` job's items, produced lazi
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FlowError
 from .spec import CallAction, FlowSpec, HttpAction, JobDef, ShellAction
@@ -124,62 +128,141 @@ def _ctx(spec: FlowSpec, env: Mapping[str, str]) -> TemplateContext:
     return TemplateContext(params=spec.params, env=env)
 
 
+#: a line of a foreach lines file longer than this is an error, not a memory hog
+MAX_LINE_BYTES = 2**20
+
+
+def _error(job: JobDef, spec: FlowSpec, field: str, message: str) -> FlowError:
+    return FlowError(message, path=spec.path, line=job.line,
+                     key=f"jobs.{job.name}.foreach.{field}" if field else f"jobs.{job.name}")
+
+
 def _range_args(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> tuple[int, ...]:
     assert job.foreach is not None and job.foreach.range is not None
     try:
         bounds = [render(b, _ctx(spec, env)) for b in job.foreach.range]
         return tuple(int(b) for b in bounds)
-    except (TemplateError, TypeError, ValueError) as exc:
-        raise FlowError(f"foreach range must give whole numbers: {exc}", path=spec.path,
-                        line=job.line, key=f"jobs.{job.name}.foreach.range") from None
+    except (TemplateError, TypeError, ValueError, OverflowError) as exc:
+        raise _error(job, spec, "range", f"foreach range must give whole numbers: "
+                     f"{str(exc)[:200]}") from None
+
+
+def _range(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> range:
+    try:
+        return range(*_range_args(job, spec, env))
+    except ValueError as exc:  # a step of 0
+        raise _error(job, spec, "range", f"foreach range: {exc}") from None
+
+
+def _range_len(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> int:
+    items = _range(job, spec, env)
+    try:
+        return len(items)
+    except OverflowError:
+        raise _error(job, spec, "range", f"foreach {items} has more than {sys.maxsize:,} "
+                     "items") from None
 
 
 def _lines_path(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> Path:
     assert job.foreach is not None and job.foreach.lines is not None
-    name = str(render(job.foreach.lines, _ctx(spec, env)))
+    try:
+        name = str(render(job.foreach.lines, _ctx(spec, env)))
+    except TemplateError as exc:
+        raise _error(job, spec, "lines", exc.message) from None
     return Path(spec.path).parent / name
 
 
+def _unreadable(job: JobDef, spec: FlowSpec, path: Path, exc: OSError | ValueError) -> FlowError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return _error(job, spec, "lines", f"cannot read foreach lines file {str(path)!r}: {reason}")
+
+
+def _check_lines(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> Path:
+    """The lines file can be opened for reading; nothing is read, and a FIFO without a
+    writer yet does not block (``O_NONBLOCK``)."""
+    path = _lines_path(job, spec, env)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as exc:
+        raise _unreadable(job, spec, path, exc) from None
+    return path
+
+
 def iter_items(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> Iterator[Any]:
-    """A foreach job's items, produced one at a time (a range of a million is no list).
+    """A foreach job's items, produced one at a time: a range is never listed and a
+    lines file is read a line at a time, as items are taken (it may never end).
 
     :raises FlowError: for a range that does not give numbers or a lines file that
-        cannot be read
+        cannot be opened; while iterating, for a line of a lines file longer than
+        ``MAX_LINE_BYTES``, not UTF-8, or a read that fails (naming the file and line)
     """
     fe = job.foreach
     if fe is None:
         return iter(())
     if fe.items is not None:
-        return iter(render(fe.items, _ctx(spec, env)))
+        try:
+            return iter(render(fe.items, _ctx(spec, env)))
+        except TemplateError as exc:
+            raise _error(job, spec, "", exc.message) from None
     if fe.range is not None:
-        return iter(range(*_range_args(job, spec, env)))
+        return iter(_range(job, spec, env))
     path = _lines_path(job, spec, env)
     try:
-        handle = path.open()
-    except OSError as exc:
-        raise FlowError(f"cannot read foreach lines file {str(path)!r}: {exc.strerror}",
-                        path=spec.path, line=job.line,
-                        key=f"jobs.{job.name}.foreach.lines") from None
-
-    def lines() -> Iterator[str]:
-        with handle:
-            for line in handle:
-                if line.strip():
-                    yield line.rstrip("\n")
-
-    return lines()
+        handle = path.open("rb")
+    except (OSError, ValueError) as exc:
+        raise _unreadable(job, spec, path, exc) from None
+    return _read_lines(job, spec, path, handle)
 
 
-def count_items(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> int:
-    """How many items a foreach job has (1 for a plain job), without listing a range."""
+def _read_lines(job: JobDef, spec: FlowSpec, path: Path, handle: BinaryIO,
+                max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """The file's lines that are not blank, without their line ends."""
+    with handle:
+        number = 0
+        while True:
+            try:
+                raw = handle.readline(max_line_bytes + 2)  # room for a \r\n line end
+            except OSError as exc:
+                raise _unreadable(job, spec, path, exc) from None
+            if not raw:
+                return
+            number += 1
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if len(raw) > max_line_bytes:
+                raise _error(job, spec, "lines", f"line {number} of foreach lines file "
+                             f"{str(path)!r} is longer than {max_line_bytes:,} bytes")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _error(job, spec, "lines", f"line {number} of foreach lines file "
+                             f"{str(path)!r} is not UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                             f"column {exc.start + 1})") from None
+            if line.strip():
+                yield line
+
+
+def count_items(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> int | None:
+    """How many items a foreach job has (1 for a plain job), without listing a range or
+    reading a lines file: for ``{lines: FILE}`` it checks that the file can be opened
+    and returns None (unknown until read).
+
+    :raises FlowError: for a range that does not give numbers (or more than
+        ``sys.maxsize`` of them), or a lines file that cannot be opened
+    """
     fe = job.foreach
     if fe is None:
         return 1
     if fe.items is not None:
         return len(fe.items)
     if fe.range is not None:
-        return len(range(*_range_args(job, spec, env)))
-    return sum(1 for _ in iter_items(job, spec, env))
+        return _range_len(job, spec, env)
+    _check_lines(job, spec, env)
+    return None
 
 
 def _action_text(job: JobDef) -> str:
@@ -199,7 +282,7 @@ def describe_plan(plan: FlowPlan, env: Mapping[str, str]) -> str:
     total = 0
     for name in plan.order:
         job = spec.jobs[name]
-        n = count_items(job, spec, env)
+        n = count_items(job, spec, env) or 0
         total += n
         parts = [f"{name:<20}", f"{job.kind.value:<6}", f"x{n:<7}", _action_text(job)]
         if plan.needs[name]:
