@@ -9,7 +9,7 @@ import pytest
 
 from asyncjobs.errors import FlowError
 from asyncjobs.flow.loader import load_flow
-from asyncjobs.flow.plan import count_items, describe_plan, item_id, iter_items, plan_flow
+from asyncjobs.flow.plan import count_items, item_id, iter_items, plan_flow
 from asyncjobs.flow.template import TemplateContext, TemplateError, references, render
 
 from ..conftest import write_flow
@@ -123,27 +123,6 @@ def test_bad_range_and_missing_lines_file(tmp_path: Path) -> None:
     assert info.value.line == 3 and info.value.key == "jobs.a.foreach.range"
     with pytest.raises(FlowError, match="cannot read foreach lines file"):
         list(iter_items(spec.jobs["b"], spec, {}))
-
-
-def test_describe_plan_shows_order_sizes_and_limits(tmp_path: Path) -> None:
-    spec = load_flow(write_flow(tmp_path, """
-        params: {count: 5}
-        limits: {api: {concurrency: 50, rate: 200/s}}
-        jobs:
-          setup: {shell: "mkdir -p out"}
-          create:
-            needs: [setup]
-            foreach: {range: "{{ params.count }}"}
-            limit: api
-            retries: 2
-            http: {method: POST, url: "http://127.0.0.1:8080/flows"}
-    """))
-    text = describe_plan(plan_flow(spec), {})
-    assert "2 jobs, 6 runs" in text
-    lines = text.splitlines()
-    assert lines[1].split()[:3] == ["setup", "io", "x1"]
-    assert "x5" in lines[2] and "needs: setup" in lines[2] and "limit: api" in lines[2]
-    assert "api: concurrency 50, rate 200/s" in text and "count=5" in text
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ implied by ``{{ results.X }}``), and each ``foreach`` job's items, produced lazi
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import sys
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..errors import FlowError
 from .spec import CallAction, FlowSpec, HttpAction, JobDef, ShellAction
 from .template import TemplateContext, TemplateError, references, render
+from .yamlnodes import printable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -265,36 +267,143 @@ def count_items(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> int | No
     return None
 
 
+#: ``--dry-run`` counts (and shows) the lines of a lines file up to this size
+DESCRIBE_LINES_BYTES = 2**20
+#: a fan-out larger than this shows its first and last ``SHOWN_ENDS`` items only
+SHOWN_ALL = 7
+SHOWN_ENDS = 3
+#: a rendered item or action longer than this is cut, with "…"
+SHOWN_CHARS = 60
+
+
+def _short(text: str, limit: int = SHOWN_CHARS) -> str:
+    text = printable(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show(value: Any) -> str:
+    """An item as JSON (``"a"``, ``7``, ``{"id": 1}``), short and safe to print."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return _short(text)
+
+
 def _action_text(job: JobDef) -> str:
     action = job.action
     if isinstance(action, CallAction):
-        return f"call {action.ref}"
+        return _short(f"call {action.ref}")
     if isinstance(action, ShellAction):
-        first = action.command.strip().splitlines()[0]
-        return f"shell {first[:60]}"
-    return f"http {action.method} {action.url}"
+        lines = action.command.strip().splitlines()
+        return _short(f"shell {lines[0] if lines else ''}")
+    return _short(f"http {action.method} {action.url}")
+
+
+@dataclass(slots=True)
+class _Items:
+    """What ``--dry-run`` says about one job's items."""
+
+    #: how many (None: unknown until read)
+    count: int | None
+    #: (index, value) of the items shown; an elision (None) between the two ends
+    shown: list[tuple[int, Any] | None]
+    #: where the items come from, when not the file itself
+    source: str = ""
+
+
+def _ends(count: int) -> list[int | None]:
+    if count <= SHOWN_ALL:
+        return list(range(count))
+    return [*range(SHOWN_ENDS), None, *range(count - SHOWN_ENDS, count)]
+
+
+def _describe_items(job: JobDef, spec: FlowSpec, env: Mapping[str, str]) -> _Items:
+    fe = job.foreach
+    if fe is None:
+        return _Items(1, [])
+    if fe.range is not None:
+        items = _range(job, spec, env)
+        count = _range_len(job, spec, env)
+        return _Items(count, [None if i is None else (i, items[i]) for i in _ends(count)])
+    if fe.items is not None:
+        ctx = _ctx(spec, env)
+        values = fe.items
+        try:
+            shown = [None if i is None else (i, render(values[i], ctx))
+                     for i in _ends(len(values))]
+        except TemplateError as exc:
+            raise _error(job, spec, "", exc.message) from None
+        return _Items(len(values), shown)
+    path = _check_lines(job, spec, env)
+    source = f"lines of {printable(str(path))}"
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return _Items(None, [], source)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > DESCRIBE_LINES_BYTES:
+        return _Items(None, [], source)
+    try:
+        handle = path.open("rb")
+    except (OSError, ValueError) as exc:
+        raise _unreadable(job, spec, path, exc) from None
+    lines = list(_read_lines(job, spec, path, handle))
+    return _Items(len(lines), [None if i is None else (i, lines[i])
+                               for i in _ends(len(lines))], source)
 
 
 def describe_plan(plan: FlowPlan, env: Mapping[str, str]) -> str:
-    """The ``--dry-run`` text: jobs in order with kind, size, action, needs and limit."""
+    """The ``--dry-run`` text (SPEC §4: the jobs after expansion, their order, the limits).
+
+    Jobs are listed by dependency level (level 0 needs nothing; level k runs after level
+    k-1), in file order within a level, each with its kind, number of items, action,
+    needs, limit and retry settings; a ``foreach`` job's items follow, each with its
+    value, the first and last few only for a large fan-out. A lines file's items are
+    counted when it is a small file, else shown as unknown until read. Then the limits,
+    with the jobs using each, and the params.
+
+    :raises FlowError: for a foreach source that cannot give its items (as ``count_items``)
+    """
     spec = plan.spec
-    rows = []
-    total = 0
-    for name in plan.order:
-        job = spec.jobs[name]
-        n = count_items(job, spec, env) or 0
-        total += n
-        parts = [f"{name:<20}", f"{job.kind.value:<6}", f"x{n:<7}", _action_text(job)]
-        if plan.needs[name]:
-            parts.append(f"needs: {', '.join(plan.needs[name])}")
-        if job.limit:
-            parts.append(f"limit: {job.limit}")
-        if job.retries:
-            parts.append(f"retries: {job.retries}")
-        if job.timeout_s is not None:
-            parts.append(f"timeout: {job.timeout_s:g}s")
-        rows.append("  " + "  ".join(parts))
-    out = [f"flow {spec.name} ({spec.path}): {len(plan.order)} jobs, {total} runs", *rows]
+    levels = plan.levels or (plan.order,)
+    described = {name: _describe_items(spec.jobs[name], spec, env) for name in plan.order}
+    sizes = {name: "x?" if d.count is None else f"x{d.count:,}" for name, d in described.items()}
+    name_width = min(30, max((len(n) for n in plan.order), default=0))
+    size_width = max((len(s) for s in sizes.values()), default=0)
+    body: list[str] = []
+    for depth, level in enumerate(levels):
+        body.append(f"level {depth} (needs nothing):" if depth == 0
+                    else f"level {depth} (after level {depth - 1}):")
+        for name in level:
+            job, items = spec.jobs[name], described[name]
+            parts = [f"{name:<{name_width}}", f"{job.kind.value:<6}",
+                     f"{sizes[name]:<{size_width}}", _action_text(job)]
+            if plan.needs[name]:
+                parts.append(f"needs: {', '.join(plan.needs[name])}")
+            if job.limit:
+                parts.append(f"limit: {job.limit}")
+            if job.retries:
+                parts.append(f"retries: {job.retries}")
+            if job.timeout_s is not None:
+                parts.append(f"timeout: {job.timeout_s:g}s")
+            body.append("  " + "  ".join(parts))
+            if items.source:
+                unknown = ": unknown until read" if items.count is None else ""
+                body.append(f"    ({items.source}{unknown})")
+            for shown in items.shown:
+                if shown is None:
+                    assert items.count is not None
+                    hidden = items.count - 2 * SHOWN_ENDS
+                    body.append(f"    … ({hidden:,} more; {items.count:,} items)")
+                else:
+                    body.append(f"    {item_id(name, shown[0])}  {_show(shown[1])}")
+    total = sum(d.count or 0 for d in described.values())
+    unread = sum(d.count is None for d in described.values())
+    head = f"flow {_short(spec.name)} ({printable(spec.path)}): {len(plan.order):,} jobs, " \
+           f"{total:,} runs"
+    if unread:
+        head += f" + the lines of {unread} file{'s' if unread > 1 else ''} (unknown until read)"
+    out = [head, *body]
     if spec.limits:
         out.append("limits:")
         for lname, lim in spec.limits.items():
@@ -303,9 +412,12 @@ def describe_plan(plan: FlowPlan, env: Mapping[str, str]) -> str:
                 bits.append(f"concurrency {lim.concurrency}")
             if lim.rate_per_s is not None:
                 bits.append(f"rate {lim.rate_per_s:g}/s")
-            out.append(f"  {lname}: {', '.join(bits)}")
+            users = [n for n in plan.order if spec.jobs[n].limit == lname]
+            used = f"used by {', '.join(users)}" if users else "used by no job"
+            out.append(f"  {lname}: {', '.join(bits)}; {used}")
     if spec.params:
-        out.append("params: " + ", ".join(f"{k}={v!r}" for k, v in spec.params.items()))
+        out.append("params: " + ", ".join(f"{k}={_short(repr(v))}"
+                                           for k, v in spec.params.items()))
     return "\n".join(out)
 
 
