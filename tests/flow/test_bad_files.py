@@ -139,6 +139,14 @@ def test_an_error_inside_a_job_names_the_key(tmp_path: Path) -> None:
     assert (err.line, err.key) == (4, "jobs.a.needs")
 
 
+@pytest.mark.parametrize(("setting", "value"), [("timeout", ".inf"), ("backoff", ".nan"),
+                                                ("timeout", "1.0e+999"), ("backoff", "-.inf")])
+def test_durations_must_be_finite(tmp_path: Path, setting: str, value: str) -> None:
+    err = error_of(tmp_path, f"jobs:\n  a:\n    shell: x\n    {setting}: {value}\n".encode())
+    assert "finite number of seconds" in err.message or "0 or more" in err.message
+    assert (err.line, err.key) == (4, f"jobs.a.{setting}")
+
+
 def test_plain_types_explicit_or_implicit_load(parser: str, tmp_path: Path) -> None:
     spec = load_flow(write_bytes(tmp_path, b"\xef\xbb\xbf" + b"""
 params:

@@ -4,6 +4,7 @@ key at fault and what was expected, and suggests the closest key for a typo."""
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +98,10 @@ class _Checker:
     def duration(self, value: Any, key: str, *, positive: bool) -> float:
         try:
             seconds = parse_duration(value)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise self.fail(key, str(exc)) from None
+        if not math.isfinite(seconds):
+            raise self.fail(key, f"must be a finite number of seconds, got {value!r}")
         if seconds < 0 or (positive and seconds == 0):
             need = "above 0" if positive else "0 or more"
             raise self.fail(key, f"must be {need} seconds, got {value!r}")
