@@ -169,3 +169,15 @@ def test_a_thread_job_past_its_timeout_does_not_hold_the_exit(tmp_path: Path) ->
     assert "failed stuck: TimeoutError: attempt ran past its timeout of 0.2s" in r.stderr
     assert r.stderr.rstrip().endswith("asyncjobs: a thread job was still running (Python "
                                       "cannot stop a thread); exiting without waiting for it")
+
+
+def test_max_file_size_refuses_a_larger_file_and_can_raise_the_limit(tmp_path: Path) -> None:
+    padding = "# " + "x" * 2000 + "\n"
+    path = write_flow(tmp_path, padding + "jobs:\n  a: {shell: 'true'}\n")
+    r = asyncjobs("run", str(path), "--quiet", "--max-file-size", "1KiB")
+    assert r.returncode == 2
+    assert "over the limit of 1,024 bytes" in r.stderr and "--max-file-size" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert asyncjobs("run", str(path), "--quiet", "--max-file-size", "1MiB").returncode == 0
+    bad = asyncjobs("run", str(path), "--max-file-size", "lots")
+    assert bad.returncode == 2 and "--max-file-size: expected a size" in bad.stderr

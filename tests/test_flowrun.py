@@ -250,3 +250,25 @@ async def test_chunked_cpu_items_are_timed_one_by_one(tmp_path: Path) -> None:
             assert duration < 0.05, took
     slowest = next(line for line in report.summary_lines() if line.startswith("slowest"))
     assert "naps[1]" in slowest and "0.00s" not in slowest
+
+
+async def test_a_lines_file_that_turns_bad_midway_fails_its_job_only(tmp_path: Path) -> None:
+    from asyncjobs.flow import plan as plan_module
+
+    (tmp_path / "items.txt").write_bytes(
+        b"a\nb\n" + b"x" * (plan_module.MAX_LINE_BYTES + 10) + b"\nc\n")
+    path = write_flow(tmp_path, """
+        jobs:
+          each: {foreach: {lines: items.txt}, shell: "echo {{ item }}"}
+          other: {shell: "echo fine"}
+    """)
+    async with Runner() as runner:
+        flow = runner.open_flow(path)
+        assert flow.total is None  # a lines file is counted as it is read
+        report = await flow.run()
+    status = {r.id: r.status for r in report.records}
+    assert status["other"] is JobStatus.SUCCEEDED
+    assert status["each[0]"] is status["each[1]"] is JobStatus.SUCCEEDED
+    assert status["each[2]"] is JobStatus.FAILED and not report.ok
+    failed = next(r for r in report.records if r.id == "each[2]")
+    assert (failed.error or "").startswith("FlowError: ") and "items.txt" in failed.error

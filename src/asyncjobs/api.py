@@ -270,6 +270,7 @@ class Runner:
         params: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         resume: bool = False,
+        max_file_bytes: int | None = None,
     ) -> FlowReport:
         """Run a jobs.yaml flow on this runner and return its report. Its state is kept
         in ``.asyncjobs/`` beside the file.
@@ -282,13 +283,16 @@ class Runner:
         :param env: what templates see as ``env`` and shell jobs inherit (default: ours)
         :param resume: skip the jobs that succeeded in the last run of the same file with
             the same inputs
+        :param max_file_bytes: refuse a larger flow file before parsing it (default
+            10 MiB)
         :returns: the ``FlowReport``; ``report.ok`` is true when every job succeeded
         :raises FlowError: for an invalid file, before anything runs
         :raises RunInProgress: if another run of the same file is in progress
         :raises StateUnavailable: if the run state beside the file cannot be opened
         :raises RunnerClosed: if the runner is not open
         """
-        return await self.open_flow(path, params=params, env=env, resume=resume).run()
+        return await self.open_flow(path, params=params, env=env, resume=resume,
+                                    max_file_bytes=max_file_bytes).run()
 
     def open_flow(
         self,
@@ -299,6 +303,7 @@ class Runner:
         resume: bool = False,
         plan: FlowPlan | None = None,
         keep_records: bool = True,
+        max_file_bytes: int | None = None,
     ) -> FlowRun:
         """Validate a flow and make its run, without starting it (``await run.run()``
         does; ``run_flow`` does both). The command line uses this to show progress.
@@ -311,12 +316,13 @@ class Runner:
         """
         from .flow.loader import load_flow
         from .flow.plan import plan_flow
+        from .flow.yamlnodes import MAX_FLOW_BYTES
         from .flowrun import FlowRun
         from .store import RunStore
 
         engine = self.engine
         if plan is None:
-            plan = plan_flow(load_flow(path, params))
+            plan = plan_flow(load_flow(path, params, max_bytes=max_file_bytes or MAX_FLOW_BYTES))
         run_env = os.environ if env is None else env
         return FlowRun(engine, plan, env=run_env, store=RunStore(path, plan.spec.name),
                        resume=resume, scope=f"flow{next(self._scopes)}",

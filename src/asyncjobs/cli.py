@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .config import parse_size
 from .errors import FlowError, RunInProgress, StateUnavailable
 
 if TYPE_CHECKING:
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "with the same inputs")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the plan; run nothing")
+    run.add_argument("--max-file-size", default="10MiB", metavar="SIZE",
+                     help="refuse a flow file larger than this, before parsing it "
+                          "(default: 10MiB)")
     run.add_argument("--quiet", action="store_true",
                      help="no progress; print the summary only when something failed")
     return parser
@@ -90,9 +94,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = _params(args.param)
     if isinstance(params, str):
         return _fail(params)
+    try:
+        max_bytes = parse_size(args.max_file_size)
+    except ValueError as exc:
+        return _fail(f"--max-file-size: {exc}")
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
     try:
-        plan = plan_flow(load_flow(args.file, params))
+        plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
         if args.dry_run:
             print(describe_plan(plan, os.environ))
             return EXIT_OK

@@ -1,4 +1,5 @@
-"""Settings values written by people: durations ("30s", "500ms") and rates ("200/s")."""
+"""Settings values written by people: durations ("30s", "500ms"), rates ("200/s") and
+sizes ("64MiB")."""
 
 from __future__ import annotations
 
@@ -23,6 +24,25 @@ def parse_duration(value: object) -> float:
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _SECONDS[m.group(2) or "s"]
     raise ValueError(f"expected a duration like 30, '30s', '500ms' or '2m', got {value!r}")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]i?[bB]|[bB])?\s*$")
+_BYTES = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3,
+          "gib": 1024**3}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``4096``, ``"64MiB"``, ``"10MB"``, ``"512KiB"`` or ``"1GiB"``.
+
+    :raises ValueError: for anything else, a bool, or a size below one byte
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(float(m.group(1)) * _BYTES[(m.group(2) or "b").lower()])
+        if size >= 1:
+            return size
+    raise ValueError(f"expected a size like 4096, '64MiB' or '10MB', got {value!r}")
 
 
 def parse_rate(value: object) -> float:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .backend import Entry
 from .core.chunking import Chunker
 from .core.policy import LimitSpec, scoped
+from .errors import FlowError
 from .executors.base import Call
 from .executors.chunk import run_chunk
 from .executors.shell import ShellGuard, run_shell
@@ -220,7 +221,9 @@ class FlowRun:
         self._counts: dict[str, int | None] = {
             n: count_items(self.spec.jobs[n], self.spec, self.env) for n in plan.order
         }
-        self.total = sum(n or 0 for n in self._counts.values())
+        #: items in all (None while a lines file is unread)
+        self.total: int | None = (None if None in self._counts.values()
+                                  else sum(n or 0 for n in self._counts.values()))
 
     async def run(self) -> FlowReport:
         """Run every job; return the report (also on cancellation, marked interrupted).
@@ -338,6 +341,13 @@ class FlowRun:
                 item = next(running.items)
             except StopIteration:
                 running.exhausted = True
+                break
+            except FlowError as exc:  # a lines file that turned bad midway: the job fails
+                running.exhausted = running.failed = True
+                self.failed += 1
+                self.report.add(JobRecord(item_id(running.job.name, running.next_index),
+                                          running.job.name, JobStatus.FAILED,
+                                          error=f"FlowError: {exc}"))
                 break
             index = running.next_index
             running.next_index += 1

@@ -19,9 +19,10 @@ def status_line(run: FlowRun, elapsed_s: float) -> str:
     """``done 120/10000 · failed 2 · running 50 · 820.0/s · ETA 12s``"""
     done, total = run.done, run.total
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
-    eta = f"{(total - done) / rate:.0f}s" if rate > 0 and done < total else "-"
-    return (f"done {done}/{total} · failed {run.failed} · running {run.running} · "
-            f"{rate:,.1f}/s · ETA {eta}")
+    known = total is not None and rate > 0 and done < total
+    eta = f"{(total - done) / rate:.0f}s" if known and total is not None else "-"
+    return (f"done {done}/{'?' if total is None else total} · failed {run.failed} · "
+            f"running {run.running} · {rate:,.1f}/s · ETA {eta}")
 
 
 class Progress:

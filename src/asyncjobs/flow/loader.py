@@ -165,7 +165,7 @@ def load_flow(
         text = read_flow(path, max_bytes)
     elif len(text) > max_bytes:
         raise FlowError(f"the flow text is {len(text):,} characters, over the limit of "
-                        f"{max_bytes:,} bytes (max_bytes)", path=str(path))
+                        f"{max_bytes:,} bytes (max_file_bytes=)", path=str(path))
     doc = load_yaml(text, str(path))
     ck = _Checker(doc, resolve)
     top = ck.mapping(doc.value, "", "a flow file")

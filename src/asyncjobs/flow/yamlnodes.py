@@ -143,7 +143,8 @@ def _too_large(path: str, size: int | None, max_bytes: int) -> FlowError:
     what = "more than" if size is None else f"{size:,} bytes,"
     return FlowError(
         f"the flow file is {what} over the limit of {max_bytes:,} bytes; it is read whole, "
-        "so a file this large needs a higher limit (max_bytes)", path=path,
+        "so a file this large needs a higher limit (asyncjobs run --max-file-size, or "
+        "max_file_bytes= in Python)", path=path,
     )
 
 
