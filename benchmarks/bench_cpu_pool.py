@@ -9,6 +9,8 @@ Each variant runs in its own fresh interpreter, once per round, the variants alt
   ``ProcessPoolExecutor(2)`` with each start method) to the first job's result. For
   asyncjobs, ``enter_s`` is the time spent entering the Runner and ``job_s`` the time from
   ``submit`` to the result; ``warm_s`` is a second job's ``submit`` to result.
+  ``first-asyncjobs-later`` submits its first job 0.5 s after entering (an app that
+  opens its Runner at start-up): ``wall_s`` is then that job's ``submit`` to result.
 - ``replace``: one worker; 30 times, a job that calls ``os._exit`` then a no-op job:
   ``wall_s`` is the median of the time from the crash's report to the no-op's result (a
   new worker has started and answered), ``cpu_parent_s`` the runner's CPU time per crash.
@@ -40,7 +42,9 @@ import asyncjobs  # noqa: E402
 WORKERS = 2
 REPLACEMENTS = 30
 VARIANTS = ["first-ppe-fork", "first-ppe-forkserver", "first-ppe-spawn", "first-asyncjobs",
-            "first-asyncjobs-prestart", "replace", "pi", "pi-crash"]
+            "first-asyncjobs-later", "first-asyncjobs-prestart", "replace", "pi", "pi-crash"]
+#: how long ``first-asyncjobs-later`` waits between entering and its first job
+LATER_S = 0.5
 
 
 def noop() -> int:
@@ -71,16 +75,20 @@ def first_ppe(method: str) -> dict[str, float]:
     return {"wall_s": first, "warm_s": warm}
 
 
-async def first_asyncjobs(prestart: bool) -> dict[str, float]:
+async def first_asyncjobs(prestart: bool, later: bool) -> dict[str, float]:
     kwargs = {"prestart": True} if prestart else {}
     t0 = time.perf_counter()
     async with asyncjobs.Runner(cpu_workers=WORKERS, **kwargs) as runner:
         t1 = time.perf_counter()
+        if later:
+            await asyncio.sleep(LATER_S)
+        t1b = time.perf_counter()
         await runner.submit(noop)
         t2 = time.perf_counter()
         await runner.submit(noop)
         t3 = time.perf_counter()
-    return {"wall_s": t2 - t0, "enter_s": t1 - t0, "job_s": t2 - t1, "warm_s": t3 - t2}
+    first = t2 - t1b if later else t2 - t0
+    return {"wall_s": first, "enter_s": t1 - t0, "job_s": t2 - t1b, "warm_s": t3 - t2}
 
 
 async def replace() -> dict[str, float]:
@@ -119,7 +127,8 @@ def child(variant: str, args: argparse.Namespace) -> None:
     if variant.startswith("first-ppe-"):
         result = first_ppe(variant.removeprefix("first-ppe-"))
     elif variant.startswith("first-asyncjobs"):
-        result = asyncjobs.run(lambda: first_asyncjobs(variant.endswith("prestart")))
+        result = asyncjobs.run(lambda: first_asyncjobs(variant.endswith("prestart"),
+                                                       variant.endswith("later")))
     elif variant == "replace":
         result = asyncjobs.run(replace)
     else:
