@@ -44,9 +44,6 @@ import dataclasses
 import functools
 import itertools
 import logging
-import multiprocessing
-import multiprocessing.process
-import multiprocessing.spawn
 import os
 import pickle
 import signal
@@ -63,7 +60,16 @@ from ..model import ErrorInfo
 from . import _worker_main as wire
 from .base import timeout_info
 from .channel import Channel
-from .template import REAP_TIMEOUT_S, TEMPLATE_SCRIPT, Template, reap_soon
+from .template import (
+    REAP_TIMEOUT_S,
+    TEMPLATE_SCRIPT,
+    Template,
+    UnguardedMainModule,
+    check_not_preparing,
+    describe_exit,
+    preparation_data,
+    reap_soon,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -84,30 +90,6 @@ class WorkerStartFailed(AsyncJobsError, RuntimeError):
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-class UnguardedMainModule(AsyncJobsError, RuntimeError):
-    """A Runner was opened while a worker process imported the app's main module: the
-    code that starts the Runner is not under ``if __name__ == "__main__":``."""
-
-
-def check_not_preparing() -> None:
-    """Refuse to start a pool inside a worker that is importing the main module (rule 6).
-
-    :raises UnguardedMainModule: with what to do about it
-    """
-    if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
-        return
-    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
-    path = getattr(main, "__file__", None) or "the main module"
-    raise UnguardedMainModule(
-        f"{path} starts an asyncjobs Runner when it is imported. cpu worker processes "
-        "import the main module, as multiprocessing's spawn does, to find the functions "
-        "defined there, so the code that starts the Runner must run only when the file "
-        'is run as a program: put it under `if __name__ == "__main__":`, e.g.\n\n'
-        '    if __name__ == "__main__":\n'
-        "        asyncjobs.run(main)\n"
-    )
 
 
 class _Ticket:
@@ -156,20 +138,6 @@ class _Worker:
         self.finished = False
 
 
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exit status unknown"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        if -returncode == signal.SIGKILL:
-            return f"killed by {name} (out of memory, or killed from outside)"
-        return f"killed by {name}"
-    return f"exit code {returncode}"
-
-
 def _kill_pids(pids: set[int]) -> None:
     for pid in list(pids):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -180,17 +148,6 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
     """Mark a prestart future's error as seen: not awaiting it is allowed."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _preparation_data() -> bytes:
-    """What a spawned child is prepared with: ``sys.path``, cwd, the main module."""
-    method_was_set = multiprocessing.get_start_method(allow_none=True) is not None
-    prep = multiprocessing.spawn.get_preparation_data("asyncjobs-worker")
-    prep.pop("authkey", None)  # refuses to pickle; workers use no multiprocessing auth
-    if not method_was_set:  # asking fixed it: leave the app free to choose one later
-        multiprocessing.set_start_method(None, force=True)
-        prep.pop("start_method", None)
-    return pickle.dumps(prep)
 
 
 class CpuPool:
@@ -373,7 +330,7 @@ class CpuPool:
 
     def _prep_data(self) -> bytes:
         if self._prep is None:
-            self._prep = _preparation_data()
+            self._prep = preparation_data()
         return self._prep
 
     def _start_workers(self) -> None:

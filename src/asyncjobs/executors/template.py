@@ -1,17 +1,24 @@
-"""The pool's side of its template process (``_template_main``): start it, ask it for
-workers, hear how they exit, and reap it."""
+"""How the pool's processes are prepared and started: the preparation data (what a
+spawned ``multiprocessing`` child gets), the check that refuses a Runner while the main
+module is being imported for a worker, and the pool's side of its template process
+(``_template_main``): start it, ask it for workers, hear how they exit, reap it."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.spawn
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import AsyncJobsError
 from ..model import ErrorInfo
 from . import _template_main as wire
 from .channel import Channel
@@ -23,6 +30,55 @@ if TYPE_CHECKING:
 TEMPLATE_SCRIPT = str(Path(wire.__file__).resolve())
 #: how long to wait for a process's exit status once it should be exiting
 REAP_TIMEOUT_S = 5.0
+
+
+class UnguardedMainModule(AsyncJobsError, RuntimeError):
+    """A Runner was opened while a worker process imported the app's main module: the
+    code that starts the Runner is not under ``if __name__ == "__main__":``."""
+
+
+def check_not_preparing() -> None:
+    """Refuse to start a pool inside a worker that is importing the main module (rule 6).
+
+    :raises UnguardedMainModule: with what to do about it
+    """
+    if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        return
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or "the main module"
+    raise UnguardedMainModule(
+        f"{path} starts an asyncjobs Runner when it is imported. cpu worker processes "
+        "import the main module, as multiprocessing's spawn does, to find the functions "
+        "defined there, so the code that starts the Runner must run only when the file "
+        'is run as a program: put it under `if __name__ == "__main__":`, e.g.\n\n'
+        '    if __name__ == "__main__":\n'
+        "        asyncjobs.run(main)\n"
+    )
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if -returncode == signal.SIGKILL:
+            return f"killed by {name} (out of memory, or killed from outside)"
+        return f"killed by {name}"
+    return f"exit code {returncode}"
+
+
+def preparation_data() -> bytes:
+    """What a spawned child is prepared with: ``sys.path``, cwd, the main module."""
+    method_was_set = multiprocessing.get_start_method(allow_none=True) is not None
+    prep = multiprocessing.spawn.get_preparation_data("asyncjobs-worker")
+    prep.pop("authkey", None)  # refuses to pickle; workers use no multiprocessing auth
+    if not method_was_set:  # asking fixed it: leave the app free to choose one later
+        multiprocessing.set_start_method(None, force=True)
+        prep.pop("start_method", None)
+    return pickle.dumps(prep)
 
 
 class TemplateOwner(Protocol):
