@@ -16,7 +16,8 @@ Each variant runs in its own fresh interpreter, once per round, the variants alt
   new worker has started and answered), ``cpu_parent_s`` the runner's CPU time per crash.
 - ``pi`` / ``pi-crash``: ``--jobs`` submits of ``examples.montecarlo:hits`` on 2 workers,
   ``--crashes`` of them (spread evenly) replaced by a job that calls ``os._exit``:
-  entering the Runner, the jobs, and leaving it.
+  entering the Runner, the jobs, and leaving it; any job that failed though it did not
+  call ``os._exit`` is counted ("innocent jobs failed", over all rounds).
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ async def pi(jobs: int, crashes: int, tries: int) -> dict[str, float]:
                                    return_exceptions=True)
     timing = clock.stop()
     failed = sum(isinstance(o, asyncjobs.JobFailed) for o in out)
-    assert failed == sum(plan), (failed, sum(plan))
-    return {**timing, "crashed": float(failed)}
+    # jobs that failed without calling os._exit: a pool must not blame the innocent
+    return {**timing, "innocent_failed": float(failed - sum(plan))}
 
 
 def child(variant: str, args: argparse.Namespace) -> None:
@@ -151,6 +152,8 @@ def parent(args: argparse.Namespace) -> None:
         extra = "  ".join(f"{k}={_harness.median(r, k) * 1000:.1f}"
                           for k in ("enter_s", "job_s", "warm_s", "max_s", "cpu_parent_s")
                           if k in r[0])
+        if "innocent_failed" in r[0]:
+            extra += f"  innocent jobs failed: {sum(x['innocent_failed'] for x in r):.0f}"
         print(f"{v:<26}{_harness.median(r, 'wall_s') * 1000:>10.1f}"
               f"{_harness.fastest(r) * 1000:>8.1f}"
               f"{max(x['wall_s'] for x in r) * 1000:>8.1f}  {extra}")
