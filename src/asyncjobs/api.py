@@ -139,11 +139,15 @@ class Runner:
     every submitted job; leaving it with an exception (or cancellation) cancels them.
     Either way, every worker process has exited when the block ends.
 
-    :param cpu_workers: worker processes for ``cpu`` jobs (default: the usable cores)
+    :param cpu_workers: worker processes for ``cpu`` jobs (default:
+        ``$ASYNCJOBS_CPU_WORKERS`` when set, else the usable cores)
     :param loops: event loops; 1 embedded (more arrive with the cluster)
     :param io_concurrency: most ``io`` attempts at once (default: no bound)
     :param thread_workers: threads for ``thread`` jobs (default: cores + 4, at most 32)
-    :raises ValueError: for a count below 1
+    :param prestart: entering the Runner returns once its cpu workers are up and ready
+        for a first job (default: they start with the first cpu job)
+    :raises ValueError: for a count below 1, or an ``ASYNCJOBS_CPU_WORKERS`` that is not
+        a positive integer
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class Runner:
         loops: int = 1,
         io_concurrency: int | None = None,
         thread_workers: int | None = None,
+        prestart: bool = False,
     ) -> None:
         if loops != 1:
             raise ValueError(
@@ -160,7 +165,14 @@ class Runner:
                 "several loops per machine come with loop nodes (asyncjobs node --loops N)"
             )
         cores = _cpu_count()
+        from_env = os.environ.get("ASYNCJOBS_CPU_WORKERS", "").strip()
+        if cpu_workers is None and from_env:  # SPEC 5; set but empty counts as unset
+            if not (from_env.isascii() and from_env.isdigit() and int(from_env) > 0):
+                raise ValueError(f"ASYNCJOBS_CPU_WORKERS must be a positive integer (the "
+                                 f"number of cpu worker processes), not {from_env!r}")
+            cpu_workers = int(from_env)
         self.cpu_workers = cores if cpu_workers is None else cpu_workers
+        self.prestart = prestart
         self.io_concurrency = io_concurrency
         self.thread_workers = min(32, cores + 4) if thread_workers is None else thread_workers
         for name in ("cpu_workers", "thread_workers"):
@@ -174,13 +186,36 @@ class Runner:
         self._targets: dict[Any, Target] = {}
 
     async def __aenter__(self) -> Runner:
+        """Open the runner. Its cpu pool's template process starts now, so that the
+        first cpu job does not wait for an interpreter to start; with ``prestart`` the
+        workers start too, and this returns once they are ready.
+
+        :raises RuntimeError: if this Runner is open already
+        :raises WorkerStartFailed: with ``prestart``, if the cpu workers cannot start
+            (``asyncjobs.executors.cpu.WorkerStartFailed``; the message says why, e.g. a
+            main module that starts a Runner when imported)
+        """
+        from .executors.cpu import CpuPool
+
         if self._engine is not None:
             raise RuntimeError("this Runner is already open")
-        self._engine = local_engine(
+        engine = self._engine = local_engine(
             cpu_workers=self.cpu_workers,
             io_concurrency=self.io_concurrency,
             thread_workers=self.thread_workers,
         )
+        pool = engine.executors[JobKind.CPU]
+        if isinstance(pool, CpuPool):
+            ready = pool.prestart(workers=self.prestart)
+            if self.prestart:
+                try:
+                    await ready
+                except BaseException:
+                    try:
+                        await engine.aclose(cancel=True)
+                    finally:
+                        self._engine = None
+                    raise
         return self
 
     async def __aexit__(

@@ -31,6 +31,16 @@ async def wait_for_file(path: Path, deadline_s: float = 10.0) -> str:
     raise AssertionError(f"{path} never appeared")
 
 
+async def wait_for_workers(runner: Runner, n: int, deadline_s: float = 10.0) -> list[int]:
+    """The pool's worker PIDs, once there are ``n`` (a replacement's PID comes from the
+    template a moment after the crash that called for it)."""
+    end = time.monotonic() + deadline_s
+    while len(pids := cpu_pids(runner)) != n:
+        assert time.monotonic() < end, f"{len(pids)} workers, not {n}, after {deadline_s}s"
+        await asyncio.sleep(0.01)
+    return pids
+
+
 async def test_os_exit_fails_only_its_job_and_pool_recovers() -> None:
     async with Runner(cpu_workers=2) as runner:
         before = set(cpu_pids(runner))
@@ -44,8 +54,7 @@ async def test_os_exit_fails_only_its_job_and_pool_recovers() -> None:
         assert err.type_name == "WorkerCrashed"
         assert crasher.id in err.message and "exit code 13" in err.message
         assert await runner.submit(jobs.square, 3) == 9
-        assert len(cpu_pids(runner)) == 2
-        assert set(cpu_pids(runner)) != before
+        assert set(await wait_for_workers(runner, 2)) != before
 
 
 async def test_segfault_names_the_signal() -> None:
