@@ -14,6 +14,7 @@ from asyncjobs.protocol import (
     Assign,
     AttemptResult,
     AttemptSpec,
+    Error,
     FlowSubmit,
     FrameTooLarge,
     Heartbeat,
@@ -121,23 +122,23 @@ _JOB: list[typing.Any] = ["a", "m:f", [], None, None, None, None, None]
 
 @pytest.mark.parametrize(("wire", "says"), [
     ([3, [["a", "m:f", [], ["not", "a", "map"], None, None, None, None]]],
-     "Submit.jobs[0].kwargs: expected a map with string keys, got list"),
+     "Submit.jobs[0].kwargs (job 'a'): expected a map with string keys, got list"),
     ([3, [_JOB, ["b", "m:f", [], {1: 2}, None, None, None, None]]],
-     "Submit.jobs[1].kwargs: expected a map with string keys"),
+     "Submit.jobs[1].kwargs (job 'b'): expected a map with string keys"),
     ([3, [["a", "m:f", [], None, "gpu", None, None, None]]],
-     "Submit.jobs[0].kind: expected a job kind (io, cpu, thread), got str 'gpu'"),
+     "Submit.jobs[0].kind (job 'a'): expected a job kind (io, cpu, thread), got str 'gpu'"),
     ([3, [["a", "not a reference", [], None, None, None, None, None]]],
-     'Submit.jobs[0].target: expected a "module:attribute" reference'),
+     'Submit.jobs[0].target (job \'a\'): expected a "module:attribute" reference'),
     ([3, [["a", "m:f", [], None, None, float("inf"), None, None]]],
-     "Submit.jobs[0].timeout_s: expected a finite number of seconds"),
+     "Submit.jobs[0].timeout_s (job 'a'): expected a finite number of seconds"),
     ([3, [["a", "m:f", [], None, None, None, True, None]]],
-     "Submit.jobs[0].retries: expected an integer >= 0, got bool True"),
+     "Submit.jobs[0].retries (job 'a'): expected an integer from 0 to 2**64-1, got bool True"),
     ([3, [["a", "m:f", [], None, None, None, -1, None]]],
-     "Submit.jobs[0].retries: expected an integer >= 0, got int -1"),
+     "Submit.jobs[0].retries (job 'a'): expected an integer from 0 to 2**64-1, got int -1"),
     ([3, [[7, "m:f", [], None, None, None, None, None]]],
      "Submit.jobs[0].job_id: expected a string, got int 7"),
     ([3, [["a", "m:f", [], None, None, None, None]]],
-     "Submit.jobs[0]: expected a list of 8 fields"),
+     "Submit.jobs[0] (job 'a'): expected a list of 8 fields"),
     ([3, "jobs"], "Submit.jobs: expected a list of JobSpec, got str 'jobs'"),
     ([3], "Submit has 1 fields, the peer sent 0"),
     ([3, [], "extra"], "Submit has 1 fields, the peer sent 2"),
@@ -161,13 +162,16 @@ def test_a_malformed_message_names_the_message_and_the_field(wire: typing.Any,
 
 
 @pytest.mark.parametrize(("wire", "says"), [
-    ([5, [["a", 1, None, ["ValueError"], 0.0]]], "Result.results[0].error: expected an error"),
+    ([5, [["a", 1, None, ["ValueError"], 0.0]]],
+     "Result.results[0].error (job 'a'): expected an error"),
     ([5, [["a", 1, None, ["E", "m", "", False, True, None, "", "x"], 0.0]]],
-     "Result.results[0].error: expected an error"),
-    ([5, [["a", 1, None, None, -1.0]]], "Result.results[0].duration_s: expected a finite"),
+     "Result.results[0].error (job 'a'): expected an error"),
+    ([5, [["a", 1, None, None, -1.0]]],
+     "Result.results[0].duration_s (job 'a'): expected a finite"),
     ([1, "n", 0, 1, {"gpu": 1}], "Register.capacity: expected a map from job kinds"),
-    ([1, "n", 0, 1, {"io": -1}], "Register.capacity: expected an integer >= 0"),
-    ([8, [["a", "1"]]], "Drain.returned[0].attempt: expected an integer >= 0, got str '1'"),
+    ([1, "n", 0, 1, {"io": -1}], "Register.capacity: expected an integer from 0 to 2**64-1"),
+    ([8, [["a", "1"]]],
+     "Drain.returned[0].attempt (job 'a'): expected an integer from 0 to 2**64-1, got str"),
 ])
 def test_node_messages_are_checked_too(wire: typing.Any, says: str) -> None:
     pair = ConnectionPair.open(Role.NODE)
@@ -177,10 +181,11 @@ def test_node_messages_are_checked_too(wire: typing.Any, says: str) -> None:
 
 @pytest.mark.parametrize(("wire", "says"), [
     ([6, [["a", "running", None, None, 1, "", None, None]]],
-     "Outcome.jobs[0].status: expected a final job status"),
-    ([12, 1, [["n", 1, 1, 0, 1, 0.0]], []], "StatusReply.nodes[0].alive: expected true or false"),
+     "Outcome.jobs[0].status (job 'a'): expected a final job status"),
+    ([12, 1, [["n", 1, 1, 0, 1, 0.0]], []],
+     "StatusReply.nodes[0].alive (node 'n'): expected true or false"),
     ([12, 1, [], [["f", "jobs.yaml", "running", 1]]],
-     "StatusReply.flows[0]: expected a list of 5 fields"),
+     "StatusReply.flows[0] (flow 'f'): expected a list of 5 fields"),
 ])
 def test_coordinator_messages_are_checked_too(wire: typing.Any, says: str) -> None:
     pair = ConnectionPair.open(Role.CLIENT)
@@ -212,6 +217,31 @@ def test_an_argument_msgpack_cannot_encode_names_its_job(job: JobSpec, field: st
     assert pair.send(pair.peer, Submit((good,))) == [Submit((good,))]  # the link is intact
 
 
+@pytest.mark.parametrize(("job", "says"), [
+    (JobSpec("b", "not a reference"), 'Submit.jobs[1].target (job \'b\'): expected a "module:'),
+    (JobSpec("b", "m:f", retries=-1), "Submit.jobs[1].retries (job 'b'): expected an integer"),
+    (JobSpec("b", "m:f", timeout_s=float("nan")), "Submit.jobs[1].timeout_s (job 'b')"),
+    (JobSpec("b", "m:f", (), {1: "x"}),  # type: ignore[dict-item]
+     "Submit.jobs[1].kwargs (job 'b'): expected a map"),
+    (JobSpec("b", "m:f", kind="gpu"),  # type: ignore[arg-type]
+     "Submit.jobs[1].kind (job 'b'): expected a job kind"),
+])
+def test_what_the_peer_would_refuse_is_refused_here_naming_the_job(job: JobSpec,
+                                                                   says: str) -> None:
+    pair = ConnectionPair.open(Role.CLIENT)
+    good = JobSpec("a", "m:f")
+    with pytest.raises(LocalProtocolError) as info:
+        pair.peer.send(Submit((good, job)))
+    assert says in str(info.value)
+    assert pair.send(pair.peer, Submit((good,))) == [Submit((good,))]  # the link is intact
+
+
+def test_kinds_and_statuses_go_as_members_or_as_text() -> None:
+    msg = Submit((JobSpec("a", "m:f", kind="cpu"),))  # type: ignore[arg-type]
+    got = decode(encode(msg), K, C)
+    assert isinstance(got, Submit) and got.jobs[0].kind is JobKind.CPU
+
+
 def test_a_result_msgpack_cannot_encode_names_its_job() -> None:
     pair = ConnectionPair.open(Role.NODE)
     with pytest.raises(UnencodableValue, match="job x: its value cannot travel"):
@@ -234,9 +264,16 @@ def test_flow_params_msgpack_cannot_encode_name_the_flow() -> None:
 
 def test_a_field_of_ours_that_cannot_encode_is_a_local_error() -> None:
     pair = ConnectionPair.open(Role.NODE)
-    with pytest.raises(LocalProtocolError, match="Register cannot be encoded") as info:
+    with pytest.raises(LocalProtocolError, match="Register.capacity: expected an integer"):
         pair.peer.send(Register("n", 0, 1, {JobKind.IO: object()}))  # type: ignore[dict-item]
+    with pytest.raises(LocalProtocolError, match="Heartbeat.seq: expected an integer from 0"):
+        pair.peer.send(Heartbeat(2**64))
+    with pytest.raises(LocalProtocolError, match="Error cannot be encoded: .*surrogate") as info:
+        pair.peer.send(Error("x", "\ud800"))  # a str, but not one UTF-8 can carry
     assert not isinstance(info.value, UnencodableValue)
+    with pytest.raises(UnencodableValue, match="job j: its value"):
+        pair.peer.send(Result((AttemptResult("j", 1, ["\ud800"]),)))  # a value: names the job
+    assert pair.send(pair.peer, Heartbeat(1)) == [Heartbeat(1)]
 
 
 def test_a_message_larger_than_the_peer_accepts_is_refused_before_sending() -> None:

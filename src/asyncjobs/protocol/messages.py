@@ -12,6 +12,7 @@ as lists, and ``args`` as a tuple of them; dict keys may be any msgpack scalar.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
@@ -255,17 +256,22 @@ Item: TypeAlias = (
 )
 
 # ---------------------------------------------------------------------------------------
-# Field checks. Each takes a decoded value and returns the field's value, or raises _Bad.
+# Field checks, shared by both sides: ``encode`` runs them over what it is about to send,
+# ``decode`` over what arrived. Each takes a field's wire value and returns its typed
+# value, or raises _Bad. (What leaves may hold tuples and enum members where msgpack
+# gives back lists and strings; the checks take both.)
 
 
 class _Bad(Exception):
-    """A field's value is wrong. ``path`` grows (innermost first) as it climbs out."""
+    """A field's value is wrong. ``path`` grows (innermost first) as it climbs out;
+    ``owner`` is the innermost item's id, when it has one."""
 
     def __init__(self, expected: str, got: Any) -> None:
         super().__init__(expected)
         self.expected = expected
         self.got = got
         self.path: list[str] = []
+        self.owner: tuple[str, str] | None = None
 
 
 Load: TypeAlias = "Callable[[Any], Any]"
@@ -279,15 +285,23 @@ def _text(v: Any) -> str:
 
 
 def _count(v: Any) -> int:
-    if type(v) is int and v >= 0:
+    if type(v) is int and 0 <= v < 2**64:
         return v
-    raise _Bad("an integer >= 0", v)
+    raise _Bad("an integer from 0 to 2**64-1", v)
+
+
+def _opt_count(v: Any) -> int | None:
+    return None if v is None else _count(v)
 
 
 def _seconds(v: Any) -> float:
     if (type(v) is float or type(v) is int) and v >= 0 and math.isfinite(v):
         return float(v)
     raise _Bad("a finite number of seconds >= 0", v)
+
+
+def _opt_seconds(v: Any) -> float | None:
+    return None if v is None else _seconds(v)
 
 
 def _flag(v: Any) -> bool:
@@ -300,45 +314,56 @@ def _value(v: Any) -> Any:
     return v
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_reference(text: str) -> bool:
+    module, sep, attr = text.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in (*module.split("."), *attr.split(".")))
+
+
 def _target(v: Any) -> str:
-    if type(v) is str:
-        module, sep, attr = v.partition(":")
-        if sep and all(p.isidentifier() for p in (*module.split("."), *attr.split("."))):
-            return v
+    if type(v) is str and _is_reference(v):
+        return v
     raise _Bad('a "module:attribute" reference', v)
 
 
 def _args(v: Any) -> tuple[Any, ...]:
     if type(v) is list:
         return tuple(v)
+    if type(v) is tuple:
+        return v
     raise _Bad("a list of arguments", v)
 
 
-def _str_map(v: Any) -> dict[str, Any]:
-    if type(v) is dict and all(type(k) is str for k in v):
+def _opt_str_map(v: Any) -> dict[str, Any] | None:
+    if v is None or (type(v) is dict and all(type(k) is str for k in v)):
         return v
     raise _Bad("a map with string keys", v)
 
 
-def _kind(v: Any) -> JobKind:
-    if type(v) is str and v in _KINDS:
+def _opt_kind(v: Any) -> JobKind | None:
+    if v is None:
+        return None
+    if (type(v) is str or type(v) is JobKind) and v in _KINDS:
         return JobKind(v)
     raise _Bad("a job kind (io, cpu, thread)", v)
 
 
 def _final_status(v: Any) -> JobStatus:
-    if type(v) is str and v in _FINAL:
+    if (type(v) is str or type(v) is JobStatus) and v in _FINAL:
         return JobStatus(v)
     raise _Bad("a final job status (succeeded, failed, cancelled, skipped)", v)
 
 
 def _capacity(v: Any) -> dict[JobKind, int]:
-    if type(v) is dict and all(type(k) is str and k in _KINDS for k in v):
+    if type(v) is dict and all((type(k) is str or type(k) is JobKind) and k in _KINDS
+                               for k in v):
         return {JobKind(k): _count(n) for k, n in v.items()}
     raise _Bad("a map from job kinds to slot counts", v)
 
 
-def _error(v: Any) -> ErrorInfo:
+def _opt_error(v: Any) -> ErrorInfo | None:
+    if v is None:
+        return None
     if (type(v) is list and 2 <= len(v) <= len(WIRE_FIELDS) and type(v[0]) is str
             and type(v[1]) is str):
         return ErrorInfo.from_wire(v)
@@ -346,29 +371,29 @@ def _error(v: Any) -> ErrorInfo:
 
 
 def _texts(v: Any) -> tuple[str, ...]:
-    if type(v) is list and all(type(s) is str for s in v):
+    if (type(v) is list or type(v) is tuple) and all(type(s) is str for s in v):
         return tuple(v)
     raise _Bad("a list of strings", v)
 
 
-def _optional(load: Load) -> Load:
-    def check(v: Any) -> Any:
-        return None if v is None else load(v)
-    return check
-
-
-def _items(cls: type[Item]) -> Load:
-    def check(v: Any) -> tuple[Item, ...]:
+def _items(cls: type[Item], *, build: bool = True) -> Load:
+    def check(v: Any) -> tuple[Item, ...] | None:
         if type(v) is not list:
             raise _Bad(f"a list of {cls.__name__}", v)
-        out = []
-        for i, item in enumerate(v):
-            try:
-                out.append(_load(cls, item))
-            except _Bad as exc:
-                exc.path.append(f"[{i}]")
-                raise
-        return tuple(out)
+        try:
+            items = [_load(cls, item, build) for item in v]
+        except _Bad as exc:
+            for i, item in enumerate(v):  # the slow way, to say which
+                try:
+                    _load(cls, item, build)
+                except _Bad:
+                    exc.path.append(f"[{i}]")
+                    if exc.owner is None and type(item) is list and item \
+                            and type(item[0]) is str:
+                        exc.owner = (_OWNERS[cls], item[0])
+                    break
+            raise
+        return tuple(items) if build else None
     return check
 
 
@@ -385,31 +410,32 @@ def _dump_error(v: ErrorInfo | None) -> list[Any] | None:
 
 
 class Field(NamedTuple):
-    """How one field travels: ``load`` checks what arrived, ``dump`` (None: as it is)
-    prepares what leaves."""
+    """How one field travels: ``load`` checks what arrived and returns its value, ``dump``
+    (None: as it is) prepares what leaves, ``check`` (None: ``load``) checks what leaves
+    without building anything."""
 
     load: Load
     dump: Dump = None
+    check: Load | None = None
 
 
 def _batch(cls: type[Item]) -> Field:
-    return Field(_items(cls), _dump_items)
+    return Field(_items(cls), _dump_items, _items(cls, build=False))
 
 
 _TEXT, _COUNT, _SECONDS, _FLAG, _VALUE = (Field(_text), Field(_count), Field(_seconds),
                                           Field(_flag), Field(_value))
-_OPT_SECONDS = Field(_optional(_seconds))
-_ARGS, _KWARGS = Field(_args), Field(_optional(_str_map))
-_ERROR = Field(_optional(_error), _dump_error)
+_OPT_SECONDS, _OPT_KIND = Field(_opt_seconds), Field(_opt_kind)
+_ARGS, _KWARGS = Field(_args), Field(_opt_str_map)
+_ERROR = Field(_opt_error, _dump_error)
 
 #: each item's fields, in wire order (= the dataclass's field order)
 ITEMS: dict[type[Item], dict[str, Field]] = {
     JobSpec: {"job_id": _TEXT, "target": Field(_target), "args": _ARGS, "kwargs": _KWARGS,
-              "kind": Field(_optional(_kind)), "timeout_s": _OPT_SECONDS,
-              "retries": Field(_optional(_count)), "backoff_s": _OPT_SECONDS},
+              "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS,
+              "retries": Field(_opt_count), "backoff_s": _OPT_SECONDS},
     AttemptSpec: {"job_id": _TEXT, "attempt": _COUNT, "target": Field(_target), "args": _ARGS,
-                  "kwargs": _KWARGS, "kind": Field(_optional(_kind)),
-                  "timeout_s": _OPT_SECONDS},
+                  "kwargs": _KWARGS, "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS},
     AttemptResult: {"job_id": _TEXT, "attempt": _COUNT, "value": _VALUE, "error": _ERROR,
                     "duration_s": _SECONDS},
     AttemptRef: {"job_id": _TEXT, "attempt": _COUNT},
@@ -449,7 +475,7 @@ MESSAGES: dict[type[Message], Spec] = {
     Drain: Spec(8, frozenset({(_N, _C)}), {"returned": _batch(AttemptRef)}),
     FlowSubmit: Spec(9, frozenset({(_K, _C)}), {
         "flow_id": _TEXT, "file": _TEXT, "source": _TEXT,
-        "params": Field(_optional(_str_map)), "resume": _FLAG}),
+        "params": _KWARGS, "resume": _FLAG}),
     FlowStatus: Spec(10, frozenset({(_C, _K)}), {
         "flow_id": _TEXT, "file": _TEXT, "state": _TEXT, "done": _COUNT, "total": _COUNT}),
     StatusRequest: Spec(11, frozenset({(_K, _C)}), {"request_id": _COUNT}),
@@ -466,6 +492,7 @@ class _Shape(NamedTuple):
     names: tuple[str, ...]
     loads: tuple[Load, ...]
     dumps: tuple[Dump, ...]
+    checks: tuple[Load, ...]
 
 
 def _shape(cls: type, table: dict[str, Field]) -> _Shape:
@@ -473,7 +500,8 @@ def _shape(cls: type, table: dict[str, Field]) -> _Shape:
     if names != tuple(f.name for f in fields(cls)):
         raise AssertionError(f"{cls.__name__}: wire fields {names} differ from its dataclass")
     return _Shape(names, tuple(f.load for f in table.values()),
-                  tuple(f.dump for f in table.values()))
+                  tuple(f.dump for f in table.values()),
+                  tuple(f.check or f.load for f in table.values()))
 
 
 _SHAPES: dict[type, _Shape] = {
@@ -483,18 +511,34 @@ _SHAPES: dict[type, _Shape] = {
 _BY_TAG: dict[int, type[Message]] = {spec.tag: cls for cls, spec in MESSAGES.items()}
 
 
-def _load(cls: type[Any], data: Any) -> Any:
+_OWNERS: dict[type, str] = {JobSpec: "job", AttemptSpec: "job", AttemptResult: "job",
+                            AttemptRef: "job", JobOutcome: "job", NodeInfo: "node",
+                            FlowStatus: "flow"}
+
+
+def _load(cls: type[Any], data: Any, build: bool = True) -> Any:
+    """The ``cls`` whose wire form is ``data``; with ``build`` false, only check it."""
     shape = _SHAPES[cls]
     if type(data) is not list or len(data) != len(shape.names):
         raise _Bad(f"a list of {len(shape.names)} fields", data)
-    values = []
-    for name, load, value in zip(shape.names, shape.loads, data, strict=True):
-        try:
-            values.append(load(value))
-        except _Bad as exc:
-            exc.path.append(name)
-            raise
-    return cls(*values)
+    loads = shape.loads if build else shape.checks
+    try:
+        values = [load(value) for load, value in zip(loads, data, strict=True)]
+    except _Bad as exc:
+        for name, load, value in zip(shape.names, loads, data, strict=True):
+            try:  # the slow way, to say which
+                load(value)
+            except _Bad:
+                exc.path.append(name)
+                break
+        raise
+    return cls(*values) if build else None
+
+
+def _explain(cls: type, exc: _Bad) -> str:
+    path = "".join(p if p.startswith("[") else "." + p for p in reversed(exc.path))
+    owner = f" ({exc.owner[0]} {exc.owner[1]!r})" if exc.owner else ""
+    return f"{cls.__name__}{path}{owner}: expected {exc.expected}, got {_describe(exc.got)}"
 
 
 def _dump(obj: Any) -> list[Any]:
@@ -521,14 +565,21 @@ def check_direction(cls: type[Message], sender: Role, receiver: Role) -> None:
 
 
 def encode(msg: Message) -> bytes:
-    """``msg``'s payload.
+    """``msg``'s payload, checked as the peer will check it.
 
     :raises UnencodableValue: naming the job (or flow) whose arguments, result or params
         msgpack cannot carry
-    :raises LocalProtocolError: for any other field that cannot be encoded (a bug)
+    :raises LocalProtocolError: for a field the peer would refuse (naming the message, the
+        field and the job), or any other that cannot be encoded
     """
+    cls = type(msg)
+    wire = _dump(msg)
     try:
-        packed: bytes = msgpack.packb([MESSAGES[type(msg)].tag, *_dump(msg)])
+        _load(cls, wire, build=False)
+    except _Bad as exc:
+        raise LocalProtocolError(_explain(cls, exc)) from None
+    try:
+        packed: bytes = msgpack.packb([MESSAGES[cls].tag, *wire])
     except (TypeError, ValueError, OverflowError) as exc:
         for owner, ident, field, value in _user_values(msg):
             try:
@@ -582,9 +633,7 @@ def decode(payload: bytes | memoryview, sender: Role, receiver: Role) -> Message
     try:
         msg: Message = _load(cls, data[1:])
     except _Bad as exc:
-        path = "".join(p if p.startswith("[") else "." + p for p in reversed(exc.path))
-        raise LocalProtocolError(f"{cls.__name__}{path}: expected {exc.expected}, got "
-                                 f"{_describe(exc.got)}") from None
+        raise LocalProtocolError(_explain(cls, exc)) from None
     return msg
 
 
