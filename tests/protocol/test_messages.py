@@ -4,7 +4,9 @@ and a value msgpack cannot carry names its job."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -301,3 +303,13 @@ def test_messages_are_frozen_and_slotted() -> None:
         assert "__slots__" in vars(type(msg))
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(msg, dataclasses.fields(msg)[0].name, None)
+
+
+def test_the_message_table_in_the_docs_matches_the_code() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \| [^|]+ \| ([^\n]+) \|$", doc, re.MULTILINE)
+    assert {name: int(tag) for tag, name, _ in rows} == {
+        cls.__name__: spec.tag for cls, spec in MESSAGES.items()}
+    for _, name, text in rows:
+        spec = next(s for c, s in MESSAGES.items() if c.__name__ == name)
+        assert all(f"`{field}`" in text for field in spec.fields), name

@@ -162,7 +162,8 @@ class Connection:
     # -- receiving ----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Add bytes read from the stream; ``b""`` means the peer closed its side.
+        """Add bytes read from the stream; ``b""`` means the peer closed its side. Nothing
+        is parsed until ``next_event``; once the connection failed, bytes are dropped.
 
         :raises LocalProtocolError: for data after ``b""``
         """

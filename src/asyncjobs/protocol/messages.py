@@ -3,8 +3,10 @@
 A message's payload is one msgpack array: its tag, then its fields in the order of the
 dataclass. Batches (``Submit``, ``Assign``, ``Result``, ``Outcome``) hold items, each an
 array of its own fields. ``MESSAGES`` is the table: tag, the directions a message may go
-(sender role -> receiver role), and each field's check. ``decode`` validates every field
-and names the one at fault; ``encode`` names the job whose value msgpack cannot carry.
+(sender role -> receiver role), and each field's check. Both sides run the same checks:
+``encode`` before it packs (so we never send what the peer would refuse), ``decode`` on
+what arrived; either names the message, the field and the job at fault. ``encode`` also
+names the job whose value msgpack cannot carry.
 
 Job arguments, results and flow params are user data: any msgpack value. Tuples arrive
 as lists, and ``args`` as a tuple of them; dict keys may be any msgpack scalar.
