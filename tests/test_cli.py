@@ -103,7 +103,7 @@ def test_ctrl_c_cancels_kills_and_still_summarises(tmp_path: Path) -> None:
     path = write_flow(tmp_path, f"""
         jobs:
           quick: {{shell: "true"}}
-          slow: {{shell: "echo $$ > {pid_file}; sleep 60"}}
+          slow: {{needs: [quick], shell: "echo $$ > {pid_file}; sleep 60"}}
     """)
     with subprocess.Popen([PYTHON, "-m", "asyncjobs", "run", str(path)], env=python_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:

@@ -51,11 +51,16 @@ def tree(pid: int) -> list[int]:
 
 
 def cpu_workers(pid: int) -> set[int]:
-    """The asyncjobs cpu worker processes below ``pid``."""
+    """The asyncjobs cpu worker processes below ``pid``: forked by a worker template (so
+    they show its command line, below it), or fresh interpreters of their own."""
     found = set()
     for p in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if any("_worker_main" in part for part in p.cmdline()):
+            line = " ".join(p.cmdline())
+            parent = p.parent()
+            below_template = parent is not None and "_template_main" in " ".join(
+                parent.cmdline())
+            if "_worker_main" in line or ("_template_main" in line and below_template):
                 found.add(p.pid)
     return found
 

@@ -52,9 +52,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     # cpu_workers=None: $ASYNCJOBS_CPU_WORKERS when set, else one per core. Under
     # `uvicorn --workers N` every app process has its own Runner, so set
     # ASYNCJOBS_CPU_WORKERS=cores//N to keep N processes from starting N x cores workers.
-    # Runner(prestart=True) will go here, once it is released: entering the block then
-    # waits until the cpu workers are up, so the first requests do not pay their start.
-    async with asyncjobs.Runner() as runner:
+    # prestart: entering the block waits until the cpu workers are up, so the first
+    # requests do not pay their start.
+    async with asyncjobs.Runner(prestart=True) as runner:
         yield {"runner": runner}  # handlers read it as request.state.runner
 
 

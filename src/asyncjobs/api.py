@@ -146,6 +146,10 @@ class Runner:
     :param thread_workers: threads for ``thread`` jobs (default: cores + 4, at most 32)
     :param prestart: entering the Runner returns once its cpu workers are up and ready
         for a first job (default: they start with the first cpu job)
+    :param warm: start the cpu pool's template process on entering (a few tens of ms
+        of CPU in a process of its own), so that a first cpu job forks its worker in a
+        few ms instead of waiting for an interpreter; set False in a process that runs
+        no cpu jobs
     :raises ValueError: for a count below 1, or an ``ASYNCJOBS_CPU_WORKERS`` that is not
         a positive integer
     """
@@ -158,6 +162,7 @@ class Runner:
         io_concurrency: int | None = None,
         thread_workers: int | None = None,
         prestart: bool = False,
+        warm: bool = True,
     ) -> None:
         if loops != 1:
             raise ValueError(
@@ -173,6 +178,7 @@ class Runner:
             cpu_workers = int(from_env)
         self.cpu_workers = cores if cpu_workers is None else cpu_workers
         self.prestart = prestart
+        self.warm = warm
         self.io_concurrency = io_concurrency
         self.thread_workers = min(32, cores + 4) if thread_workers is None else thread_workers
         for name in ("cpu_workers", "thread_workers"):
@@ -192,8 +198,8 @@ class Runner:
 
         :raises RuntimeError: if this Runner is open already
         :raises WorkerStartFailed: with ``prestart``, if the cpu workers cannot start
-            (``asyncjobs.executors.cpu.WorkerStartFailed``; the message says why, e.g. a
-            main module that starts a Runner when imported)
+            (``asyncjobs.errors.WorkerStartFailed``; the message says why, e.g. a main
+            module that starts a Runner when imported)
         """
         from .executors.cpu import CpuPool
 
@@ -205,7 +211,7 @@ class Runner:
             thread_workers=self.thread_workers,
         )
         pool = engine.executors[JobKind.CPU]
-        if isinstance(pool, CpuPool):
+        if isinstance(pool, CpuPool) and (self.warm or self.prestart):
             ready = pool.prestart(workers=self.prestart)
             if self.prestart:
                 try:

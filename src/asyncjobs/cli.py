@@ -132,10 +132,17 @@ async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
     import signal
 
     from .api import Runner
+    from .executors.cpu import CpuPool
+    from .model import JobKind
     from .progress import Progress
 
     loop = asyncio.get_running_loop()
-    async with Runner(cpu_workers=args.cpu_workers) as runner:
+    cpu = any(job.kind is JobKind.CPU for job in plan.spec.jobs.values())
+    async with Runner(cpu_workers=args.cpu_workers, warm=cpu) as runner:
+        if cpu:  # the workers start now, while the run is set up, not with the first job
+            pool = runner.engine.executors[JobKind.CPU]
+            if isinstance(pool, CpuPool):
+                pool.prestart()
         try:
             # foreach sources (a lines file, a templated range) are checked here, before
             # anything runs

@@ -160,3 +160,17 @@ class StateUnavailable(AsyncJobsError, RuntimeError):
         return (f"cannot open the run state {self.path}: {self.reason}; check that its "
                 "folder is writable, or delete the folder to start afresh (only --resume "
                 "needs what is in it)")
+
+
+class WorkerStartFailed(AsyncJobsError, RuntimeError):
+    """The pool's worker processes cannot start. ``error`` holds why (the worker's or the
+    template's message and traceback); jobs fail with the same, as ``JobFailed``."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class UnguardedMainModule(AsyncJobsError, RuntimeError):
+    """A Runner was opened while a worker process imported the app's main module: the
+    code that starts the Runner is not under ``if __name__ == "__main__":``."""

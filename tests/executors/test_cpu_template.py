@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from asyncjobs import JobFailed, Runner
+from asyncjobs.errors import WorkerStartFailed
 from asyncjobs.executors import cpu
-from asyncjobs.executors.cpu import CpuPool, WorkerStartFailed
+from asyncjobs.executors.cpu import CpuPool
 from asyncjobs.model import JobKind
 
 from ..conftest import PYTHON, cpu_pids, python_env
@@ -248,7 +249,7 @@ def test_a_script_without_the_main_guard_gets_an_error_naming_it(
 ) -> None:
     r = run_script(tmp_path, NO_GUARD.replace("PRESTART", str(prestart)))
     assert r.returncode == 1
-    error = "executors.cpu.WorkerStartFailed: " if prestart else "errors.JobFailed: "
+    error = "errors.WorkerStartFailed: " if prestart else "errors.JobFailed: "
     [line] = [x for x in r.stderr.splitlines() if x.startswith(f"asyncjobs.{error}")]
     assert "cpu worker processes cannot start: " in line
     assert "app.py starts an asyncjobs Runner when it is imported" in line

@@ -55,7 +55,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import AsyncJobsError
+from ..errors import UnguardedMainModule, WorkerStartFailed
 from ..model import ErrorInfo
 from . import _worker_main as wire
 from .base import timeout_info
@@ -64,7 +64,6 @@ from .template import (
     REAP_TIMEOUT_S,
     TEMPLATE_SCRIPT,
     Template,
-    UnguardedMainModule,
     check_not_preparing,
     describe_exit,
     preparation_data,
@@ -81,15 +80,6 @@ log = logging.getLogger("asyncjobs.cpu")
 WORKER_SCRIPT = str(Path(wire.__file__).resolve())
 MAX_START_FAILURES = 3
 STOP_GRACE_S = 1.0
-
-
-class WorkerStartFailed(AsyncJobsError, RuntimeError):
-    """The pool's worker processes cannot start. ``error`` holds why (the worker's or the
-    template's message and traceback); jobs fail with the same, as ``JobFailed``."""
-
-    def __init__(self, error: ErrorInfo) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 class _Ticket:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import AsyncJobsError
+from ..errors import UnguardedMainModule
 from ..model import ErrorInfo
 from . import _template_main as wire
 from .channel import Channel
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 TEMPLATE_SCRIPT = str(Path(wire.__file__).resolve())
 #: how long to wait for a process's exit status once it should be exiting
 REAP_TIMEOUT_S = 5.0
-
-
-class UnguardedMainModule(AsyncJobsError, RuntimeError):
-    """A Runner was opened while a worker process imported the app's main module: the
-    code that starts the Runner is not under ``if __name__ == "__main__":``."""
 
 
 def check_not_preparing() -> None:
