@@ -8,10 +8,11 @@ left ``sh -c 'sleep 300 & wait'`` and its children alive under init. Worker proc
 have PR_SET_PDEATHSIG, but that reaches one process, not a group, and a shell's
 background children are not its to take along.
 
-How this works: the runner writes ``+PGID`` when a shell job's group starts and ``-PGID``
-when the job ended and its group was killed, one per line, on this process's stdin. When
-stdin reaches its end — the runner closed it, exited or died — every group still listed
-is SIGKILLed and this process exits. It runs in a session of its own, so the signals a
+How this works: the runner writes ``+PGID`` when a shell job's group starts (the job
+waits for the runner's go until then) and ``-PGID`` when the job ended and its group
+was killed, one per line, on this process's stdin. When stdin reaches its end — the
+runner closed it, exited or died — every group still listed is SIGKILLed and this
+process exits. It runs in a session of its own, so the signals a
 terminal sends the runner's group (Ctrl-C) do not reach it.
 """
 

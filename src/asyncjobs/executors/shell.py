@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -59,6 +59,14 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+#: a guarded shell job's first words: wait for the runner's go on stdin (sent once the
+#: guard knows the job's group), then become the user's command (``exec``: same pid, so
+#: same group). A runner killed before its go leaves the read at end of file: the job
+#: exits without running anything. (The guard's own pipe is never handed to a job: a
+#: child keeps the descriptors it is given as stdio, and would hold the pipe open.)
+GATE = 'read -r _ || exit 125; exec 0</dev/null; exec /bin/sh -c "$1"'
+
+
 class ShellGuard:
     """The guard process of one run's shell jobs, started with the first of them.
 
@@ -76,6 +84,12 @@ class ShellGuard:
         self._send(f"-{pgid}\n")
 
     def _send(self, line: str) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            pipe = self._pipe()
+            pipe.write(line.encode())
+            pipe.flush()
+
+    def _pipe(self) -> IO[bytes]:
         if self._proc is None:
             # -I -S: isolated, no site packages to import: a 10 ms start, once per run
             self._proc = subprocess.Popen(
@@ -83,9 +97,7 @@ class ShellGuard:
                 stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True,
             )
         assert self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._proc.stdin.write(line.encode())
-            self._proc.stdin.flush()
+        return self._proc.stdin
 
     async def aclose(self) -> None:
         """End the guard and wait for it (bounded)."""
@@ -113,12 +125,19 @@ async def run_shell(
     :returns: ``{"exit_code": 0, "stdout": tail, "stderr": tail}``
     :raises ShellFailed: on a non-zero exit
     """
+    if guard is None:
+        argv, stdin = ["/bin/sh", "-c", command], subprocess.DEVNULL
+    else:
+        argv, stdin = ["/bin/sh", "-c", GATE, "asyncjobs-shell", command], subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        "/bin/sh", "-c", command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=cwd,
+        *argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, env=env, cwd=cwd,
     )
     if guard is not None:
-        guard.watch(proc.pid)
+        guard.watch(proc.pid)  # its group is its pid: it leads a session of its own
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
     readers = [asyncio.ensure_future(_tail(proc.stdout)), asyncio.ensure_future(_tail(proc.stderr))]
     try:
         exit_code = await proc.wait()
