@@ -11,14 +11,10 @@ import argparse
 import gc
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import parse_size
 from .errors import FlowError, RunInProgress, StateUnavailable
-
-if TYPE_CHECKING:
-    from .flow.plan import FlowPlan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -99,16 +95,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--max-file-size: {exc}")
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
-    try:
-        plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
-        if args.dry_run:
-            print(describe_plan(plan, os.environ))
-            return EXIT_OK
-    except FlowError as exc:
-        return _fail(str(exc))
+    if args.dry_run:
+        try:
+            print(describe_plan(plan_flow(load_flow(args.file, params, max_bytes=max_bytes)),
+                                os.environ))
+        except FlowError as exc:
+            return _fail(str(exc))
+        return EXIT_OK
     from .api import run
 
-    return run(lambda: _run_flow(plan, args))
+    return run(lambda: _run_flow(args, params, max_bytes))
+
+
+def _names_a_call(path: str) -> bool:
+    """Whether the flow file may have cpu jobs: it names a ``call`` (a guess made before
+    the file is parsed; a wrong guess costs a process start, or the head start)."""
+    try:
+        with open(path, "rb") as f:
+            return b"call" in f.read(1 << 20)
+    except OSError:
+        return False
 
 
 #: gen-0 threshold while a flow runs (CPython's default is 700)
@@ -127,30 +133,34 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-async def _run_flow(plan: FlowPlan, args: argparse.Namespace) -> int:
+async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes: int) -> int:
     import asyncio  # here, not at the top: --dry-run, --help and --version never need it
     import signal
 
     from .api import Runner
     from .executors.cpu import CpuPool
+    from .flow.loader import load_flow
+    from .flow.plan import plan_flow
     from .model import JobKind
     from .progress import Progress
 
     loop = asyncio.get_running_loop()
-    cpu = any(job.kind is JobKind.CPU for job in plan.spec.jobs.values())
-    async with Runner(cpu_workers=args.cpu_workers, warm=cpu) as runner:
-        if cpu:  # the workers start now, while the run is set up, not with the first job
-            pool = runner.engine.executors[JobKind.CPU]
-            if isinstance(pool, CpuPool):
-                pool.prestart()
+    # The cpu pool's template process (a fresh interpreter) starts as the Runner opens,
+    # so it boots on another core while this one validates the file.
+    async with Runner(cpu_workers=args.cpu_workers, warm=_names_a_call(args.file)) as runner:
         try:
-            # foreach sources (a lines file, a templated range) are checked here, before
-            # anything runs
-            # records stream to --report as jobs end: a million items are not held
+            plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
+            # foreach sources (a lines file, a templated range) are checked here too,
+            # before anything runs; records stream to --report as jobs end (a million
+            # items are not held)
             flow = runner.open_flow(args.file, plan=plan, resume=args.resume,
                                     keep_records=False)
         except FlowError as exc:
             return _fail(str(exc))
+        if any(job.kind is JobKind.CPU for job in plan.spec.jobs.values()):
+            pool = runner.engine.executors[JobKind.CPU]
+            if isinstance(pool, CpuPool):
+                pool.prestart()  # the workers fork now, while the run is set up
         if args.report:
             flow.report.stream_json(args.report)
         _tune_gc()
