@@ -94,13 +94,7 @@ class _Template:
         if not data:
             os._exit(0)
         self.buf += data
-        while len(self.buf) >= HEADER.size:
-            size, op, token = HEADER.unpack_from(self.buf)
-            end = HEADER.size + size
-            if len(self.buf) < end:
-                break
-            self.frames.append((op, token, bytes(self.buf[HEADER.size:end])))
-            del self.buf[:end]
+        worker.split_frames(self.buf, self.frames)
 
     def prepare(self) -> None:
         while not self.frames:

@@ -66,6 +66,18 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def split_frames(buf: bytearray, frames: deque[tuple[bytes, int, bytes]]) -> None:
+    """Move every whole frame at the start of ``buf`` to ``frames`` (the template, which
+    reads the same framing, uses this too)."""
+    while len(buf) >= HEADER.size:
+        size, op, token = HEADER.unpack_from(buf)
+        end = HEADER.size + size
+        if len(buf) < end:
+            break
+        frames.append((op, token, bytes(buf[HEADER.size:end])))
+        del buf[:end]
+
+
 class _Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -91,13 +103,7 @@ class _Channel:
             self.buf += chunk
             if len(chunk) < (1 << 20):
                 break
-        while len(self.buf) >= HEADER.size:
-            size, op, token = HEADER.unpack_from(self.buf)
-            end = HEADER.size + size
-            if len(self.buf) < end:
-                break
-            self.frames.append((op, token, bytes(self.buf[HEADER.size:end])))
-            del self.buf[:end]
+        split_frames(self.buf, self.frames)
 
 
 def error_wire(exc: BaseException, *, retryable: bool = True, message: str | None = None,
