@@ -100,7 +100,7 @@ class _Running:
 
 class _Item(Entry):
     """One item of a job while it runs: its record and result slot, and, when it runs as
-    a job of its own, the engine's entry for it (one object per item, no closures)."""
+    a job of its own, the backend's entry for it (one object per item, no closures)."""
 
     __slots__ = ("flow", "running", "index", "item", "record")
 
