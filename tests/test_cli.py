@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 from .conftest import PYTHON, python_env, write_flow
@@ -181,3 +184,20 @@ def test_max_file_size_refuses_a_larger_file_and_can_raise_the_limit(tmp_path: P
     assert asyncjobs("run", str(path), "--quiet", "--max-file-size", "1MiB").returncode == 0
     bad = asyncjobs("run", str(path), "--max-file-size", "lots")
     assert bad.returncode == 2 and "--max-file-size: expected a size" in bad.stderr
+
+
+def test_bad_input_leaves_no_early_template_behind(tmp_path: Path) -> None:
+    # a flow naming a call starts the cpu pool's template before the file is validated;
+    # bad input must end it too
+    mark = f"asyncjobs-test-{os.getpid()}-{time.monotonic_ns()}"
+    path = write_flow(tmp_path, "jobs:\n  a: {call: 'no_such_module_xyz:f'}\n")
+    env = {**python_env(), "ASYNCJOBS_TEST_MARK": mark}
+    r = subprocess.run([PYTHON, "-m", "asyncjobs", "run", str(path)], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "no_such_module_xyz" in r.stderr
+    left = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("ASYNCJOBS_TEST_MARK") == mark:
+                left.append(proc.pid)
+    wait_until_gone_sync(left, deadline_s=5.0)

@@ -95,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--max-file-size: {exc}")
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
+    if not args.dry_run and _names_a_call(args.file):
+        _start_template_early()
     if args.dry_run:
         try:
             print(describe_plan(plan_flow(load_flow(args.file, params, max_bytes=max_bytes)),
@@ -103,8 +105,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         return EXIT_OK
     from .api import run
+    from .executors.template import discard_early
 
-    return run(lambda: _run_flow(args, params, max_bytes))
+    try:
+        return run(lambda: _run_flow(args, params, max_bytes))
+    finally:
+        discard_early()  # a run that ended before its pool adopted it (bad input)
+
+
+def _start_template_early() -> None:
+    """Start the cpu pool's template process before this one imports the event-loop half
+    of the package and validates the file: the template's interpreter start and its
+    import of the main module (~100 ms) then overlap ours, instead of following them."""
+    from .executors.template import start_early, worker_env
+
+    try:
+        start_early(worker_env())
+    except OSError:
+        pass  # the pool starts its own, or falls back, and says so
 
 
 def _names_a_call(path: str) -> bool:

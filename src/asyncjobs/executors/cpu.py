@@ -68,6 +68,7 @@ from .template import (
     describe_exit,
     preparation_data,
     reap_soon,
+    worker_env,
 )
 
 if TYPE_CHECKING:
@@ -166,9 +167,7 @@ class CpuPool:
         self.sink = sink
         self.workers = workers
         self.prefetch = prefetch
-        if env is None:
-            env = {k: v for k, v in os.environ.items() if k != "ASYNCJOBS_SECRET"}
-        self._env = dict(env)
+        self._env = worker_env() if env is None else dict(env)
         self._use_template = template and hasattr(os, "fork") and hasattr(socket, "send_fds")
         self._tickets: dict[AttemptKey, _Ticket] = {}
         self._backlog: deque[_Ticket] = deque()

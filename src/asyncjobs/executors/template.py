@@ -110,6 +110,73 @@ def reap_soon(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes],
     check()
 
 
+def worker_env() -> dict[str, str]:
+    """The environment of the template and its workers: ours, less the cluster secret."""
+    return {k: v for k, v in os.environ.items() if k != "ASYNCJOBS_SECRET"}
+
+
+def _spawn(script: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes],
+                                                         socket.socket]:
+    """Start a template process; return it and our end of its channel."""
+    parent_end, child_end = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, script, str(child_end.fileno()), str(os.getpid())],
+            pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL, env=env,
+        )
+    except BaseException:
+        parent_end.close()
+        raise
+    finally:
+        child_end.close()
+    return proc, parent_end
+
+
+#: a template started before any event loop, by ``start_early``: (process, our end of
+#: its channel, its script, its environment), until a pool adopts or ``discard_early``
+#: ends it. Process-wide, as the process it stands for.
+_early: tuple[subprocess.Popen[bytes], socket.socket, str, dict[str, str]] | None = None
+
+
+def start_early(env: Mapping[str, str], script: str = TEMPLATE_SCRIPT) -> None:
+    """Start a template process now, for the first pool opened later in this process
+    with the same script and environment. ``asyncjobs run`` calls this first thing, so
+    the template's interpreter boots while the command imports and validates its file
+    (the template waits for its preparation data until a pool adopts it).
+
+    :raises OSError: if the process cannot be started
+    """
+    global _early
+    if _early is None:
+        proc, ours = _spawn(script, env)
+        _early = (proc, ours, script, dict(env))
+
+
+def discard_early() -> None:
+    """End an early template that no pool adopted (its run never started)."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        proc, ours, _, _ = early
+        ours.close()  # the template exits at the end of its channel
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _adopt_early(script: str, env: Mapping[str, str]
+                 ) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
+    global _early
+    early = _early
+    if early is None or early[2] != script or early[3] != dict(env) or early[0].poll() is not None:
+        discard_early()
+        return None
+    _early = None
+    return early[0], early[1]
+
+
 class Template:
     """One template process, started at once.
 
@@ -123,17 +190,7 @@ class Template:
                  env: Mapping[str, str], script: str = TEMPLATE_SCRIPT) -> None:
         self.owner = owner
         self.loop = loop
-        parent_end, child_end = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, script, str(child_end.fileno()), str(os.getpid())],
-                pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL, env=env,
-            )
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
+        self.proc, parent_end = _adopt_early(script, env) or _spawn(script, env)
         self.pid = self.proc.pid
         self.ready = False
         #: why preparing failed, as the template said
