@@ -127,13 +127,13 @@ class FlowReport:
         """A job ended (its record is final): count it, and keep or stream it."""
         self._counts[record.status.value] += 1
         self._added += 1
-        duration = record.duration_s
-        if duration is not None:
-            entry = (duration, self._added, record)
-            if len(self._slowest) < SLOWEST_SHOWN:
-                heapq.heappush(self._slowest, entry)
-            elif duration > self._slowest[0][0]:
-                heapq.heapreplace(self._slowest, entry)
+        if record.started is not None and record.ended is not None:
+            duration = record.ended - record.started
+            slowest = self._slowest
+            if len(slowest) < SLOWEST_SHOWN:
+                heapq.heappush(slowest, (duration, self._added, record))
+            elif duration > slowest[0][0]:
+                heapq.heapreplace(slowest, (duration, self._added, record))
         if record.status in _FAILURES:
             self._failures_total += 1
             if len(self._failures) < FAILURES_SHOWN:

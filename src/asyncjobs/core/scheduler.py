@@ -168,16 +168,18 @@ class SchedulerState:
         new_ids: set[str] = set()
         new_limits: set[str] = set()
         new_scopes: set[str] = set()
+        limits, retired, jobs = self.limits, self._retired, self._jobs
         for ev in events:
             kind = type(ev)
+            if kind is AttemptSucceeded:
+                continue  # the bulk of every batch: nothing to check
             if kind is JobSubmitted:
                 assert isinstance(ev, JobSubmitted)
-                if ev.job_id in self._jobs or ev.job_id in new_ids:
+                if ev.job_id in jobs or ev.job_id in new_ids:
                     raise ValueError(f"job {ev.job_id!r} was submitted twice")
                 new_ids.add(ev.job_id)
                 for name in ev.limits:
-                    if (name not in self.limits or name in self._retired) and (
-                            name not in new_limits):
+                    if (name not in limits or name in retired) and name not in new_limits:
                         raise ValueError(f"job {ev.job_id!r} names unknown limit {name!r}")
             elif kind is LimitsDeclared:
                 assert isinstance(ev, LimitsDeclared)
