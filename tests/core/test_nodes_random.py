@@ -67,9 +67,10 @@ def draw_event(data: st.DataObject, model: Model) -> ClusterEvent:
         return AttemptReady(job, model.attempt[job] + 1, data.draw(st.sampled_from(KINDS)),
                             now=now)
     if what == "ended":
-        held = sorted((n, k) for (n, _), keys in model.held.items() for k in keys)
-        if held and data.draw(st.booleans()):
-            node, (job, attempt) = data.draw(st.sampled_from(held))
+        sent = sorted((n, k) for (n, _), keys in model.held.items() for k in keys)
+        from_sent: bool = data.draw(st.booleans())
+        if sent and from_sent:
+            node, (job, attempt) = data.draw(st.sampled_from(sent))
             return AttemptEnded(node, job, attempt, now=now)
         job = data.draw(st.sampled_from(JOBS))
         attempt = data.draw(st.integers(max(1, model.attempt[job] - 1),
@@ -78,8 +79,8 @@ def draw_event(data: st.DataObject, model: Model) -> ClusterEvent:
     if what == "heartbeat":
         return HeartbeatReceived(node, now=now)
     if what == "drain":
-        held = sorted(k for (n, _), keys in model.held.items() if n == node for k in keys)
-        returned = data.draw(st.lists(st.sampled_from(held), unique=True)) if held else []
+        mine = sorted(k for (n, _), keys in model.held.items() if n == node for k in keys)
+        returned = data.draw(st.lists(st.sampled_from(mine), unique=True)) if mine else []
         return NodeDraining(node, tuple(returned), now=now)
     if what == "loop-died":
         return LoopDied(node, data.draw(st.integers(0, 1)), now=now)
@@ -135,10 +136,10 @@ def test_random_events_never_over_assign_nor_record_twice(data: st.DataObject) -
                 assert n <= (cap + PREFETCH if cap else 0), (node, loop, kind, keys)
         for name in NODES:
             # the state's own books agree with what it told the nodes
-            n = cluster._nodes.get(name)
-            if n is None:
+            state = cluster._nodes.get(name)
+            if state is None:
                 continue
-            for i, lp in n.loop_slots.items():
+            for i, lp in state.loop_slots.items():
                 assert sum(lp.used.values()) == len(lp.attempts)
                 if lp.live:
                     assert set(lp.attempts) == model.held.get((name, i), set())
