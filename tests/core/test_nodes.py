@@ -339,3 +339,48 @@ def test_a_cancelled_jobs_running_attempt_is_still_recorded_once(
     assert cluster.handle(AttemptEnded("a", "j", 1)) == [RecordResult("a", "j", 1)]
     assert cluster.handle(AttemptEnded("a", "j", 1)) == []
     assert cluster.to_dict()["attempts"] == 0 and not cluster._latest
+
+
+def test_one_tick_serves_the_scheduler_and_the_cluster() -> None:
+    from asyncjobs.core.events import Tick as SchedulerTick
+
+    assert Tick is SchedulerTick
+
+
+def test_next_wake_is_when_the_quietest_node_would_be_dead(
+        cluster_with_two_nodes: ClusterState) -> None:
+    cluster = cluster_with_two_nodes
+    cluster.handle(HeartbeatReceived("a", now=3.0))
+    assert cluster.next_wake() == 5.0  # b, silent since 0
+    cluster.handle(NodeDisconnected("b", now=4.0))
+    assert cluster.next_wake() == 8.0
+    assert ClusterState().next_wake() is None
+
+
+def test_a_dead_loop_loses_its_attempts_and_takes_work_again_once_back(
+        cluster: ClusterState) -> None:
+    cluster.handle(register("a", io=1, loops=2), register("a", io=1, loop=1, loops=2),
+                   ready("x"), ready("y"))
+    cmds = cluster.handle(LoopDied("a", 1))
+    assert cmds == [AttemptLost.match(job_id="y", reason="loop-died",
+                                      nodes_killed=("a (loop 1)",))]
+    assert cluster.status("a") is NodeStatus.ALIVE
+    assert cluster.handle(ready("y", 2)) == [SendAssign("a", 0, (("y", 2),))]
+    cluster.handle(register("a", io=1, loop=1, loops=2))
+    assert cluster.handle(ready("z")) == [SendAssign("a", 1, (("z", 1),))]
+
+
+def test_a_cancelled_jobs_attempt_lost_with_its_node_is_no_death(
+        cluster_with_job_running_on_a: ClusterState) -> None:
+    cluster = cluster_with_job_running_on_a
+    cluster.handle(JobDone("j"))
+    cmds = cluster.handle(NodeDisconnected("a"))
+    assert cmds == [AttemptLost.match(job_id="j", attempt=1, nodes_killed=())]
+    assert not cluster._latest and not cluster._deaths
+
+
+@pytest.mark.parametrize("kw", [{"dead_after_s": 0}, {"max_node_deaths": 0},
+                                {"prefetch_per_loop": -1}])
+def test_settings_out_of_range_are_refused(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        ClusterState(**kw)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ The coordinator's wiring::
     node links: Register, Heartbeat, Result, Drain, close
                                 -> NodeRegistered, HeartbeatReceived, AttemptEnded,
                                    NodeDraining, LoopDied / NodeDisconnected
-    a timer                     -> Tick to both (``next_wake`` says when)
+    a timer                     -> one ``events.Tick`` to both (the earlier ``next_wake``)
     cluster SendAssign          -> an ``Assign`` on that loop's link
     cluster RecordResult        -> the held ``Result`` item, as the scheduler's
                                    AttemptSucceeded / AttemptFailed
@@ -72,6 +72,7 @@ from typing import Any
 from ..errors import InvalidTransition
 from ..model import ErrorInfo, JobKind
 from .commands import Matchable
+from .events import Tick as Tick  # one Tick feeds the scheduler and the cluster
 
 #: attempts a loop may hold beyond its slots of a kind, so it never idles between a result
 #: and the next ``Assign``; small, so a busy loop does not hoard work a free one could run
@@ -208,14 +209,6 @@ class JobDone:
     placed, and forget the node deaths it saw."""
 
     job_id: str
-    now: float = 0.0
-    stimulus_id: str = ""
-
-
-@dataclass(slots=True)
-class Tick:
-    """Time has passed: silent nodes may be dead, ended ones may be forgotten."""
-
     now: float = 0.0
     stimulus_id: str = ""
 
