@@ -384,3 +384,11 @@ def test_a_cancelled_jobs_attempt_lost_with_its_node_is_no_death(
 def test_settings_out_of_range_are_refused(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ClusterState(**kw)  # type: ignore[arg-type]
+
+
+def test_cancelled_waiting_attempts_do_not_pile_up(cluster: ClusterState) -> None:
+    for i in range(1000):
+        cluster.handle(ready(f"j{i}", kind=CPU), JobDone(f"j{i}"))
+    assert len(cluster._pending[CPU]) <= 65
+    cluster.handle(ready("last", kind=CPU))
+    assert cluster.handle(register("z", io=0, cpu=1)) == [SendAssign("z", 0, (("last", 1),))]

@@ -365,6 +365,8 @@ class ClusterState:
         self._latest: dict[str, int] = {}
         #: per kind, attempts waiting for a slot (rule 2); dropped ones are skipped
         self._pending: dict[JobKind, deque[_Attempt]] = {k: deque() for k in JobKind}
+        #: per kind, entries of ``_pending`` whose attempt was dropped
+        self._dropped: dict[JobKind, int] = dict.fromkeys(JobKind, 0)
         #: job -> the deaths it was running through (rule 5)
         self._deaths: dict[str, list[str]] = {}
         #: jobs the scheduler finished while their attempt still ran on a node
@@ -571,9 +573,9 @@ class ClusterState:
         key = (ev.job_id, ev.attempt)
         old = self._attempts.get((ev.job_id, self._latest.get(ev.job_id, 0)))
         if old is not None and old.node is None:
-            # never placed, and now outdated: skipped when its queue reaches it; one
-            # already on a node keeps its slot until its (stale) result or its node's end
-            del self._attempts[(old.job_id, old.attempt)]
+            # never placed, and now outdated; one already on a node keeps its slot until
+            # its (stale) result or its node's end
+            self._drop_waiting(old)
         self._latest[ev.job_id] = ev.attempt
         self._attempts[key] = att
         self._pending[ev.kind].append(att)
@@ -639,7 +641,7 @@ class ClusterState:
             self._done.add(ev.job_id)
             return
         if att is not None:
-            del self._attempts[(ev.job_id, n)]  # skipped when its queue reaches it
+            self._drop_waiting(att)
         del self._latest[ev.job_id]
 
     def _forget_if_done(self, job_id: str) -> None:
@@ -703,6 +705,18 @@ class ClusterState:
         att.node = None
         att.loop = -1
 
+    def _drop_waiting(self, att: _Attempt) -> None:
+        """Forget an attempt never placed. Its queue entry is skipped when the queue reaches
+        it; a queue that is mostly such entries (no slot of its kind anywhere, say) is
+        rebuilt, so cancelled work does not pile up."""
+        del self._attempts[(att.job_id, att.attempt)]
+        queue = self._pending[att.kind]
+        self._dropped[att.kind] += 1
+        if self._dropped[att.kind] > max(64, len(queue) // 2):
+            live = [a for a in queue if self._attempts.get((a.job_id, a.attempt)) is a]
+            self._pending[att.kind] = deque(live)
+            self._dropped[att.kind] = 0
+
     def _pending_front(self, back: list[_Attempt]) -> None:
         for att in reversed(back):
             self._pending[att.kind].appendleft(att)
@@ -719,9 +733,9 @@ class ClusterState:
             loops.sort(key=lambda t: (t[0], t[1]))
             while queue:
                 att = queue[0]
-                if self._attempts.get((att.job_id, att.attempt)) is not att or (
-                        att.node is not None):
-                    queue.popleft()  # dropped, or placed already
+                if self._attempts.get((att.job_id, att.attempt)) is not att:
+                    queue.popleft()  # dropped while it waited
+                    self._dropped[kind] = max(0, self._dropped[kind] - 1)
                     continue
                 best = None
                 best_share = 0.0
