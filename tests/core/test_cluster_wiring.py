@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import deque
 
+import pytest
+
 from asyncjobs.core.commands import JobFinished, StartAttempt
 from asyncjobs.core.events import AttemptFailed, AttemptSucceeded, Event, JobSubmitted
 from asyncjobs.core.nodes import (
@@ -142,3 +144,15 @@ def test_one_tick_feeds_both() -> None:
     coord.feed("sched", Tick(now=1.0))
     coord.feed("cluster", Tick(now=10.0))
     assert coord.cluster.to_dict()["nodes"][0]["alive"] is False
+
+
+@pytest.mark.xfail(reason="issue 15: SchedulerState counts a lost attempt against the job's "
+                   "retries; SPEC 6 runs a dead node's jobs again whatever their retries "
+                   "(up to the killed-nodes rule). Needs a scheduler event for it.")
+def test_a_dead_nodes_jobs_run_again_even_without_retries() -> None:
+    coord = PureCoordinator(("a", "b"))
+    submit_all(coord, 4, retries=0)
+    coord.kill_node("a")
+    while any(coord.run_one(name) for name in sorted(coord.on_node)):
+        pass
+    assert all(f.status is JobStatus.SUCCEEDED for f in coord.finished.values())
