@@ -37,8 +37,9 @@ Rules the code keeps:
    Attempts of one kind are placed in the order they became ready; attempts handed back
    by a draining node go first.
 3. A node silent (no heartbeat, registration, result or drain) for longer than
-   ``dead_after_s`` is declared dead on a ``Tick`` (``DeclareNodeDead``). A dead node's, or
-   a dead loop's, unfinished attempts are lost: ``AttemptLost``, which the scheduler
+   ``dead_after_s`` is declared dead on a ``Tick`` (``DeclareNodeDead``); one whose links
+   all closed (``NodeDisconnected``) is dead at once. A dead node's, or a dead loop's,
+   unfinished attempts are lost: ``AttemptLost``, which the scheduler
    retries as a new attempt (at-least-once execution).
 4. Fencing: an attempt is ``(job_id, attempt)`` and lives on one loop at a time. A result
    counts only from the node the attempt is on now, once (``RecordResult``). Any other
@@ -249,7 +250,9 @@ class RecordResult(Matchable):
 @dataclass(slots=True)
 class AttemptLost(Matchable):
     """The attempt's node (or loop) died under it: report ``AttemptFailed(job_id, attempt,
-    error)`` to the scheduler, which runs the job again."""
+    error)`` to the scheduler, which runs the job again. (Today the scheduler counts that
+    against the job's ``retries``, so a job with none fails; SPEC section 6 wants it run
+    again regardless, up to rule 5: a scheduler change, issue 15.)"""
 
     job_id: str
     attempt: int
