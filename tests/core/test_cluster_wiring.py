@@ -6,13 +6,16 @@ from __future__ import annotations
 import random
 from collections import deque
 
-import pytest
-
 from asyncjobs.core.commands import JobFinished, StartAttempt
-from asyncjobs.core.events import AttemptFailed, AttemptSucceeded, Event, JobSubmitted
+from asyncjobs.core.events import (
+    AttemptFailed,
+    AttemptLost,
+    AttemptSucceeded,
+    Event,
+    JobSubmitted,
+)
 from asyncjobs.core.nodes import (
     AttemptEnded,
-    AttemptLost,
     AttemptReady,
     ClusterEvent,
     ClusterState,
@@ -22,6 +25,7 @@ from asyncjobs.core.nodes import (
     NodeDisconnected,
     NodeRegistered,
     RecordResult,
+    RequeueLost,
     SendAssign,
     Tick,
 )
@@ -77,7 +81,10 @@ class PureCoordinator:
                         self.recorded.append((ccmd.job_id, ccmd.attempt))
                         self.queue.append(("sched", AttemptSucceeded(
                             ccmd.job_id, ccmd.attempt, result=ccmd.node, now=self.now)))
-                    elif isinstance(ccmd, AttemptLost | FailJob):
+                    elif isinstance(ccmd, RequeueLost):
+                        self.queue.append(("sched", AttemptLost(
+                            ccmd.job_id, ccmd.attempt, ccmd.error, now=self.now)))
+                    elif isinstance(ccmd, FailJob):
                         self.queue.append(("sched", AttemptFailed(
                             ccmd.job_id, ccmd.attempt, ccmd.error, now=self.now)))
                     else:
@@ -146,9 +153,6 @@ def test_one_tick_feeds_both() -> None:
     assert coord.cluster.to_dict()["nodes"][0]["alive"] is False
 
 
-@pytest.mark.xfail(reason="issue 15: SchedulerState counts a lost attempt against the job's "
-                   "retries; SPEC 6 runs a dead node's jobs again whatever their retries "
-                   "(up to the killed-nodes rule). Needs a scheduler event for it.")
 def test_a_dead_nodes_jobs_run_again_even_without_retries() -> None:
     coord = PureCoordinator(("a", "b"))
     submit_all(coord, 4, retries=0)

@@ -10,7 +10,6 @@ from asyncjobs.core.nodes import (
     MAX_PREFETCH_PER_LOOP,
     STIMULUS_LOG_SIZE,
     AttemptEnded,
-    AttemptLost,
     AttemptReady,
     ClusterState,
     DeclareNodeDead,
@@ -23,6 +22,7 @@ from asyncjobs.core.nodes import (
     NodeRegistered,
     NodeStatus,
     RecordResult,
+    RequeueLost,
     SendAssign,
     Tick,
 )
@@ -127,10 +127,10 @@ def test_a_silent_node_is_declared_dead_and_its_attempts_lost(
     assert cluster.handle(Tick(now=5.0)) == []
     cmds = cluster.handle(Tick(now=5.5))
     assert cmds == [DeclareNodeDead("a"),
-                    AttemptLost.match(job_id="j", attempt=1, reason="node-dead",
+                    RequeueLost.match(job_id="j", attempt=1, reason="node-dead",
                                       nodes_killed=("a",))]
     lost = cmds[1]
-    assert isinstance(lost, AttemptLost) and lost.error.retryable
+    assert isinstance(lost, RequeueLost) and lost.error.retryable
     assert cluster.status("a") is NodeStatus.DEAD
     assert cluster.status("b") is NodeStatus.ALIVE
 
@@ -192,9 +192,9 @@ def test_a_job_running_through_three_node_deaths_is_failed(cluster: ClusterState
     cluster.handle(register("a"), register("b"), register("c", loops=2),
                    register("c", loop=1, loops=2), ready("j"))
     cmds = cluster.handle(NodeDisconnected("a"), ready("j", 2))
-    assert cmds == [AttemptLost.match(nodes_killed=("a",)), SendAssign.match(node="b")]
+    assert cmds == [RequeueLost.match(nodes_killed=("a",)), SendAssign.match(node="b")]
     cmds = cluster.handle(NodeDisconnected("b"), ready("j", 3))
-    assert cmds == [AttemptLost.match(nodes_killed=("a", "b")), SendAssign("c", 0, (("j", 3),))]
+    assert cmds == [RequeueLost.match(nodes_killed=("a", "b")), SendAssign("c", 0, (("j", 3),))]
     cmds = cluster.handle(LoopDied("c", 0))
     assert cmds == [FailJob.match(job_id="j", attempt=3, reason="killed-nodes",
                                   nodes_killed=("a", "b", "c (loop 0)"))]
@@ -211,7 +211,7 @@ def test_a_draining_node_that_stops_is_not_a_death(cluster: ClusterState) -> Non
     cluster = ClusterState(max_node_deaths=1)
     cluster.handle(register("a"), ready("j"))
     cmds = cluster.handle(NodeDraining("a"), NodeDisconnected("a"))
-    assert cmds == [AttemptLost.match(job_id="j", reason="node-stopped", nodes_killed=())]
+    assert cmds == [RequeueLost.match(job_id="j", reason="node-stopped", nodes_killed=())]
     assert cluster.status("a") is NodeStatus.GONE
 
 
@@ -221,7 +221,7 @@ def test_job_done_forgets_its_deaths(cluster: ClusterState) -> None:
     cluster.handle(NodeDisconnected("a"), JobDone("j"))
     cluster.handle(ready("j"))
     cmds = cluster.handle(NodeDisconnected("b"))
-    assert cmds == [AttemptLost.match(job_id="j", nodes_killed=("b",))]
+    assert cmds == [RequeueLost.match(job_id="j", nodes_killed=("b",))]
 
 
 # -- rule 6: atomic handle, one door for statuses, the status dump -------------------------
@@ -362,7 +362,7 @@ def test_a_dead_loop_loses_its_attempts_and_takes_work_again_once_back(
     cluster.handle(register("a", io=1, loops=2), register("a", io=1, loop=1, loops=2),
                    ready("x"), ready("y"))
     cmds = cluster.handle(LoopDied("a", 1))
-    assert cmds == [AttemptLost.match(job_id="y", reason="loop-died",
+    assert cmds == [RequeueLost.match(job_id="y", reason="loop-died",
                                       nodes_killed=("a (loop 1)",))]
     assert cluster.status("a") is NodeStatus.ALIVE
     assert cluster.handle(ready("y", 2)) == [SendAssign("a", 0, (("y", 2),))]
@@ -375,7 +375,7 @@ def test_a_cancelled_jobs_attempt_lost_with_its_node_is_no_death(
     cluster = cluster_with_job_running_on_a
     cluster.handle(JobDone("j"))
     cmds = cluster.handle(NodeDisconnected("a"))
-    assert cmds == [AttemptLost.match(job_id="j", attempt=1, nodes_killed=())]
+    assert cmds == [RequeueLost.match(job_id="j", attempt=1, nodes_killed=())]
     assert not cluster._latest and not cluster._deaths
 
 

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from asyncjobs.core.nodes import (
     AttemptEnded,
-    AttemptLost,
     AttemptReady,
     ClusterEvent,
     ClusterState,
@@ -22,6 +21,7 @@ from asyncjobs.core.nodes import (
     NodeDraining,
     NodeRegistered,
     RecordResult,
+    RequeueLost,
     SendAssign,
     Tick,
 )
@@ -111,7 +111,7 @@ def apply(model: Model, events: list[ClusterEvent], cmds: list[Any]) -> None:
             key = (cmd.job_id, cmd.attempt)
             assert key not in model.recorded, f"{key} recorded twice"
             model.recorded.add(key)
-        elif isinstance(cmd, AttemptLost | FailJob):
+        elif isinstance(cmd, RequeueLost | FailJob):
             model.forget((cmd.job_id, cmd.attempt))
 
 

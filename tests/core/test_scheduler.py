@@ -8,6 +8,7 @@ from asyncjobs.core.commands import CancelAttempt, JobFinished, StartAttempt
 from asyncjobs.core.events import (
     AttemptCancelled,
     AttemptFailed,
+    AttemptLost,
     AttemptSucceeded,
     CancelRequested,
     JobSubmitted,
@@ -214,3 +215,19 @@ def test_retry_waits_at_least_what_the_failure_asked(sched: SchedulerState) -> N
     err = ErrorInfo("HttpStatusError", "429", retry_after_s=3.0)
     assert sched.handle(AttemptFailed("a", 1, err, now=1.0)) == []
     assert sched.next_wake() == pytest.approx(4.0)
+
+
+def test_a_lost_attempt_runs_again_first_and_does_not_use_up_retries(
+    sched: SchedulerState,
+) -> None:
+    sched.handle(*(submit(f"j{i}", "@cpu") for i in range(3)))  # j0, j1 run; j2 waits
+    lost = ErrorInfo("NodeLost", "node a died")
+    assert sched.handle(AttemptLost("j0", 1, lost)) == [StartAttempt("j0", 2)]
+    assert sched.status("j2") is JobStatus.QUEUED  # the lost one went first
+    # with retries=0 the next real failure is still final
+    assert sched.handle(AttemptFailed("j0", 2, BOOM)) == [
+        JobFinished.match(job_id="j0", status=JobStatus.FAILED, attempts=2),
+        StartAttempt("j2", 1),
+    ]
+    # a report of the lost attempt arriving late changes nothing (fencing, rule 3)
+    assert sched.handle(AttemptSucceeded("j0", 1, result="late")) == []

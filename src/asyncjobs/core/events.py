@@ -48,6 +48,19 @@ class AttemptFailed:
 
 
 @dataclass(slots=True)
+class AttemptLost:
+    """The attempt's node died under it (a cluster's coordinator says so): the job runs
+    again, first in its queue, and the lost attempt does not count against ``retries``
+    (execution is at-least-once; the killed-nodes rule bounds how often)."""
+
+    job_id: str
+    attempt: int
+    error: ErrorInfo
+    now: float = 0.0
+    stimulus_id: str = ""
+
+
+@dataclass(slots=True)
 class AttemptCancelled:
     """An attempt stopped after ``CancelAttempt``; its limits are free again."""
 
@@ -94,6 +107,7 @@ class Tick:
 
 
 Event = (
-    JobSubmitted | AttemptSucceeded | AttemptFailed | AttemptCancelled | CancelRequested
+    JobSubmitted | AttemptSucceeded | AttemptFailed | AttemptLost | AttemptCancelled
+    | CancelRequested
     | LimitsDeclared | LimitsReleased | Tick
 )

@@ -6,7 +6,7 @@ cluster-wide) and says so with ``StartAttempt``. ``ClusterState`` decides *where
 coordinator turns each ``StartAttempt`` into ``AttemptReady``, and ``ClusterState`` places
 it on a loop of a node with a free slot of its kind (``SendAssign``), or holds it until a
 slot frees. It tracks the nodes' loops and their slots, fences results, and turns a node's
-death into ``AttemptLost`` (the scheduler retries it) or, for a job that was running on 3
+death into ``RequeueLost`` (the scheduler retries it) or, for a job that was running on 3
 nodes that died, ``FailJob``. It never touches a socket, a clock or a task: events carry
 ``now``.
 
@@ -20,7 +20,7 @@ The coordinator's wiring::
     cluster SendAssign          -> an ``Assign`` on that loop's link
     cluster RecordResult        -> the held ``Result`` item, as the scheduler's
                                    AttemptSucceeded / AttemptFailed
-    cluster AttemptLost         -> scheduler AttemptFailed(cmd.error)   (retryable)
+    cluster RequeueLost         -> scheduler AttemptFailed(cmd.error)   (retryable)
     cluster FailJob             -> scheduler AttemptFailed(cmd.error)   (not retryable)
     cluster DeclareNodeDead     -> close the node's links
     scheduler JobFinished       -> cluster JobDone; CancelAttempt -> ``where()`` names the
@@ -39,7 +39,7 @@ Rules the code keeps:
 3. A node silent (no heartbeat, registration, result or drain) for longer than
    ``dead_after_s`` is declared dead on a ``Tick`` (``DeclareNodeDead``); one whose links
    all closed (``NodeDisconnected``) is dead at once. A dead node's, or a dead loop's,
-   unfinished attempts are lost: ``AttemptLost``, which the scheduler
+   unfinished attempts are lost: ``RequeueLost``, which the scheduler
    retries as a new attempt (at-least-once execution).
 4. Fencing: an attempt is ``(job_id, attempt)`` and lives on one loop at a time. A result
    counts only from the node the attempt is on now, once (``RecordResult``). Any other
@@ -248,11 +248,10 @@ class RecordResult(Matchable):
 
 
 @dataclass(slots=True)
-class AttemptLost(Matchable):
-    """The attempt's node (or loop) died under it: report ``AttemptFailed(job_id, attempt,
-    error)`` to the scheduler, which runs the job again. (Today the scheduler counts that
-    against the job's ``retries``, so a job with none fails; SPEC section 6 wants it run
-    again regardless, up to rule 5: a scheduler change, issue 15.)"""
+class RequeueLost(Matchable):
+    """The attempt's node (or loop) died under it: report the scheduler's
+    ``AttemptLost(job_id, attempt, error)``, which runs the job again, first in its
+    queue, whatever its ``retries`` (SPEC section 6; rule 5 bounds it)."""
 
     job_id: str
     attempt: int
@@ -285,7 +284,7 @@ class DeclareNodeDead(Matchable):
     stimulus_id: str = ""
 
 
-ClusterCommand = SendAssign | RecordResult | AttemptLost | FailJob | DeclareNodeDead
+ClusterCommand = SendAssign | RecordResult | RequeueLost | FailJob | DeclareNodeDead
 
 
 def killed_nodes_message(job_id: str, deaths: tuple[str, ...]) -> str:
@@ -694,7 +693,7 @@ class ClusterState:
             what = "died" if counts else "stopped"
             msg = (f"{where} {what} while running attempt {att.attempt} of job "
                    f"{att.job_id!r}; the job runs again")
-            out.append(AttemptLost(att.job_id, att.attempt, reason, killed,
+            out.append(RequeueLost(att.job_id, att.attempt, reason, killed,
                                    ErrorInfo("NodeLost", msg, where=where), stimulus_id))
 
     # -- placement --------------------------------------------------------------------

@@ -22,6 +22,9 @@ Rules the code keeps:
    one raises before any of the batch is applied.
 7. Named limits belong to a scope (a flow run) and go when it is released, once no
    running attempt holds them; the kinds' limits (``@io``...) are given at construction.
+8. An attempt lost with its node (``AttemptLost``) runs again at once, first in its
+   queue, with its attempt number counted but not against ``retries``: execution is
+   at-least-once, and the cluster's killed-nodes rule, not ``retries``, bounds it.
 
 Dependencies between jobs are not here: a flow's jobs wait for each other in
 ``flow.state.FlowState``, which hands this scheduler only jobs that may run.
@@ -40,6 +43,7 @@ from .commands import CancelAttempt, Command, JobFinished, StartAttempt
 from .events import (
     AttemptCancelled,
     AttemptFailed,
+    AttemptLost,
     AttemptSucceeded,
     CancelRequested,
     Event,
@@ -74,13 +78,14 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
 STIMULUS_LOG_SIZE = 1000
 
 
-_EVENT_TYPES = frozenset({JobSubmitted, AttemptSucceeded, AttemptFailed, AttemptCancelled,
-                          CancelRequested, LimitsDeclared, LimitsReleased, Tick})
+_EVENT_TYPES = frozenset({JobSubmitted, AttemptSucceeded, AttemptFailed, AttemptLost,
+                          AttemptCancelled, CancelRequested, LimitsDeclared, LimitsReleased,
+                          Tick})
 
 
 class _Job:
     __slots__ = ("id", "limits", "retries", "backoff_s", "status", "attempt", "retry_at",
-                 "held")
+                 "held", "lost")
 
     def __init__(self, ev: JobSubmitted) -> None:
         self.id = ev.job_id
@@ -92,6 +97,8 @@ class _Job:
         self.retry_at = 0.0
         #: the limits the current attempt holds, from its start to its report (rule 2)
         self.held: tuple[str, ...] | None = None
+        #: attempts lost with their node: they do not count against ``retries`` (rule 8)
+        self.lost = 0
 
 
 class SchedulerState:
@@ -149,6 +156,8 @@ class SchedulerState:
                 self._on_submitted(ev, out)
             elif type(ev) is AttemptFailed:
                 self._on_failed(ev, out)
+            elif type(ev) is AttemptLost:
+                self._on_lost(ev)
             elif type(ev) is AttemptCancelled:
                 self._release(ev.job_id, ev.attempt)
             elif type(ev) is CancelRequested:
@@ -295,7 +304,7 @@ class SchedulerState:
         job = self._current(ev.job_id, ev.attempt)
         if job is None:
             return
-        if ev.error.retryable and job.attempt <= job.retries:
+        if ev.error.retryable and job.attempt - job.lost <= job.retries:
             delay = backoff_delay(job.attempt, job.backoff_s, self.rng)
             if ev.error.retry_after_s is not None:
                 delay = max(delay, ev.error.retry_after_s)
@@ -310,6 +319,14 @@ class SchedulerState:
             return
         self._set_status(job, S.FAILED)
         self._finish(job, out, error=ev.error)
+
+    def _on_lost(self, ev: AttemptLost) -> None:
+        job = self._current(ev.job_id, ev.attempt)
+        if job is None:
+            return
+        job.lost += 1
+        self._set_status(job, S.QUEUED)
+        self._ready.setdefault(job.limits, deque()).appendleft(job)  # first: it waited
 
     def _on_cancel(self, ev: CancelRequested, out: list[Command]) -> None:
         job = self._jobs.get(ev.job_id)
