@@ -1,0 +1,278 @@
+"""Transport checks, each written once and run over plain TCP and over TLS."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import pytest
+
+from asyncjobs.protocol import (
+    AuthenticationFailed,
+    Connection,
+    Error,
+    Heartbeat,
+    Message,
+    RemoteProtocolError,
+    Role,
+)
+from asyncjobs.transport import ConnectionFailed, HandshakeFailed, Link
+
+if TYPE_CHECKING:
+    from .conftest import Transport
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _receive_n(link: Link, n: int) -> list[Message]:
+    got: list[Message] = []
+    with anyio.fail_after(10):
+        for _ in range(n):
+            got.append(await link.receive())
+    return got
+
+
+async def _read_until_closed(stream: anyio.abc.ByteStream, *, max_reads: int = 100) -> bytes:
+    """What the listener sent before it closed the stream."""
+    data = b""
+    for _ in range(max_reads):
+        try:
+            data += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return data
+    raise AssertionError(f"still open after {max_reads} reads")
+
+
+# -- the checks -------------------------------------------------------------------------
+
+
+async def check_round_trip(t: Transport) -> None:
+    async with t.pair() as (client, server):
+        assert client.peer.role is Role.COORDINATOR
+        assert server.peer.role is Role.NODE
+        for i in range(500):
+            await client.send(Heartbeat(seq=i))
+        assert await _receive_n(server, 500) == [Heartbeat(seq=i) for i in range(500)]
+        await server.send_many(Heartbeat(seq=i) for i in range(500))
+        assert await _receive_n(client, 500) == [Heartbeat(seq=i) for i in range(500)]
+
+
+async def check_the_peer_ending_gives_end_of_stream(t: Transport) -> None:
+    async with t.pair() as (client, server):
+        await client.send(Heartbeat(seq=1))
+        await client.aclose()
+        assert await _receive_n(server, 1) == [Heartbeat(seq=1)]
+        got = []
+        with anyio.fail_after(5):
+            async for msg in server:
+                got.append(msg)
+        assert [type(m).__name__ for m in got] == ["Goodbye"]
+        with pytest.raises(anyio.ClosedResourceError):
+            await client.send(Heartbeat(seq=2))
+        with pytest.raises(anyio.ClosedResourceError):
+            await client.receive()
+
+
+async def check_sends_in_one_iteration_go_out_in_few_writes(t: Transport) -> None:
+    async with t.pair() as (client, server):
+        await client.send_many(Heartbeat(seq=i) for i in range(1000))
+        assert client.writes == 1
+        async with anyio.create_task_group() as tg:
+            for i in range(1000, 1200):
+                tg.start_soon(client.send, Heartbeat(seq=i))
+        assert client.writes <= 3, client.writes
+        got = await _receive_n(server, 1200)
+        assert sorted(m.seq for m in got if isinstance(m, Heartbeat)) == list(range(1200))
+
+
+async def check_wrong_secret_fails_on_both_sides(t: Transport) -> None:
+    refused: list[Exception] = []
+    refused_event = anyio.Event()
+
+    def on_refused(address: str, exc: Exception) -> None:
+        refused.append(exc)
+        refused_event.set()
+
+    async def handler(link: Link) -> None:
+        raise AssertionError("a peer with the wrong secret reached the handler")
+
+    async with t.server(handler, on_refused=on_refused) as addr:
+        with pytest.raises(HandshakeFailed) as info:
+            await t.connect(addr, secret=b"wrong")
+        assert isinstance(info.value.cause, AuthenticationFailed)
+        assert isinstance(info.value, ConnectionFailed)
+        assert f"127.0.0.1:{addr[1]}" in str(info.value)
+        assert "authentication failed" in str(info.value)
+        with anyio.fail_after(5):
+            await refused_event.wait()
+    [server_error] = refused
+    assert isinstance(server_error, HandshakeFailed)
+    assert isinstance(server_error.cause, AuthenticationFailed)
+
+
+async def check_silent_peer_dropped_at_the_deadline(t: Transport) -> None:
+    async with t.server(handshake_timeout_s=0.3) as addr:
+        stream = await anyio.connect_tcp(*addr)
+        start = anyio.current_time()
+        with anyio.fail_after(5):
+            await _read_until_closed(stream)
+        assert anyio.current_time() - start >= 0.25
+        await stream.aclose()
+
+
+async def check_half_a_hello_then_silence_dropped(t: Transport) -> None:
+    hello = Connection(role=Role.NODE, secret=b"x").data_to_send()
+    async with t.server(handshake_timeout_s=0.3) as addr:
+        stream = await t.raw(addr)
+        await stream.send(hello[:20])
+        with anyio.fail_after(5):
+            await _read_until_closed(stream)
+        await anyio.aclose_forcefully(stream)
+
+
+async def check_garbage_dropped_before_the_deadline(t: Transport) -> None:
+    async with t.server(handshake_timeout_s=20) as addr:
+        stream = await t.raw(addr)
+        await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+        with anyio.fail_after(5):
+            await _read_until_closed(stream)
+        await anyio.aclose_forcefully(stream)
+
+
+async def check_huge_length_prefix_closes_the_link(t: Transport) -> None:
+    async with t.pair() as (client, server):
+        await client._stream.send(b"\xff\xff\xff\xff")
+        with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError) as info:
+            await server.receive()
+        assert isinstance(info.value.__cause__, RemoteProtocolError)
+        with anyio.fail_after(5):
+            msg = await client.receive()
+        assert isinstance(msg, Error)
+        assert msg.code == "protocol"
+        with anyio.fail_after(5), pytest.raises((anyio.EndOfStream,
+                                                 anyio.BrokenResourceError)):
+            await client.receive()
+        with pytest.raises(anyio.BrokenResourceError):
+            await server.send(Heartbeat(seq=1))
+
+
+async def check_idle_sockets_are_capped_and_a_real_peer_gets_in(t: Transport) -> None:
+    cap = 16
+    closed = 0
+    enough = anyio.Event()
+
+    async def watch(stream: anyio.abc.ByteStream) -> None:
+        nonlocal closed
+        await _read_until_closed(stream)
+        closed += 1
+        if closed >= 200 - cap:
+            enough.set()
+
+    async with t.server(handshake_timeout_s=20, max_unauthenticated=cap) as addr:
+        idle = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                stream = await anyio.connect_tcp(*addr)
+                idle.append(stream)
+                tg.start_soon(watch, stream)
+            with anyio.fail_after(10):
+                await enough.wait()
+            start = anyio.current_time()
+            with anyio.fail_after(2):
+                link = await t.connect(addr)
+            assert anyio.current_time() - start < 1.0
+            await link.send(Heartbeat(seq=1))
+            await link.aclose()
+            tg.cancel_scope.cancel()
+        for stream in idle:
+            await anyio.aclose_forcefully(stream)
+
+
+async def check_closed_port_names_the_address(t: Transport) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConnectionFailed) as info:
+        await t.connect(("127.0.0.1", port))
+    text = str(info.value)
+    assert f"127.0.0.1:{port}" in text
+    assert "\n" not in text
+    assert info.value.address == f"127.0.0.1:{port}"
+
+
+async def check_a_peer_that_never_reads_gives_back_pressure(t: Transport) -> None:
+    limit = 256 * 1024
+    big = Error("filler", "x" * 65536)
+    per_task = 300
+    sent = [0, 0]
+
+    async def produce(i: int, link: Link) -> None:
+        for _ in range(per_task):
+            await link.send(big)
+            sent[i] += 1
+
+    async with t.pair(max_queued_bytes=limit) as (client, server):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, 0, client)
+            tg.start_soon(produce, 1, client)
+            # a queue filling up sets no event: poll it, within a deadline
+            with anyio.fail_after(10):
+                while client._queued_bytes < limit:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            queued = client._queued_bytes
+            assert queued < limit + 2 * 70_000
+            assert sum(sent) < 2 * per_task
+            got = await _receive_n(server, 2 * per_task)
+        assert sent == [per_task, per_task]
+        assert all(m == big for m in got)
+
+
+# -- run each check over each transport --------------------------------------------------
+
+
+async def test_round_trip(transport: Transport) -> None:
+    await check_round_trip(transport)
+
+
+async def test_the_peer_ending_gives_end_of_stream(transport: Transport) -> None:
+    await check_the_peer_ending_gives_end_of_stream(transport)
+
+
+async def test_sends_in_one_iteration_go_out_in_few_writes(transport: Transport) -> None:
+    await check_sends_in_one_iteration_go_out_in_few_writes(transport)
+
+
+async def test_wrong_secret_fails_on_both_sides(transport: Transport) -> None:
+    await check_wrong_secret_fails_on_both_sides(transport)
+
+
+async def test_silent_peer_dropped_at_the_deadline(transport: Transport) -> None:
+    await check_silent_peer_dropped_at_the_deadline(transport)
+
+
+async def test_half_a_hello_then_silence_dropped(transport: Transport) -> None:
+    await check_half_a_hello_then_silence_dropped(transport)
+
+
+async def test_garbage_dropped_before_the_deadline(transport: Transport) -> None:
+    await check_garbage_dropped_before_the_deadline(transport)
+
+
+async def test_huge_length_prefix_closes_the_link(transport: Transport) -> None:
+    await check_huge_length_prefix_closes_the_link(transport)
+
+
+async def test_idle_sockets_are_capped_and_a_real_peer_gets_in(
+    transport: Transport,
+) -> None:
+    await check_idle_sockets_are_capped_and_a_real_peer_gets_in(transport)
+
+
+async def test_closed_port_names_the_address(transport: Transport) -> None:
+    await check_closed_port_names_the_address(transport)
+
+
+async def test_a_peer_that_never_reads_gives_back_pressure(transport: Transport) -> None:
+    await check_a_peer_that_never_reads_gives_back_pressure(transport)
