@@ -132,6 +132,11 @@ class Link:
     def __repr__(self) -> str:
         return f"<Link {self._conn.role} -> {self.peer.role} {self.address}>"
 
+    @property
+    def queued_bytes(self) -> int:
+        """Encoded bytes waiting to be written (the write in progress included)."""
+        return self._queued_bytes
+
     # -- sending ------------------------------------------------------------------------
 
     def _check_can_send(self) -> None:
@@ -182,12 +187,12 @@ class Link:
                 try:
                     await self._stream.send(data)
                 except BaseException as exc:
-                    # a write cut short leaves the stream at an unknown offset
+                    # a write cut short (cancelled included) leaves the stream at an
+                    # unknown offset: nothing more can be framed on it
                     self._break(exc)
                     raise
-                finally:
-                    self._queued_bytes = 0
-                    self._wake_senders()
+                self._queued_bytes -= len(data)
+                self._wake_senders()
                 self.writes += 1
         finally:
             self._flushing = False
@@ -200,6 +205,7 @@ class Link:
         if self._broken is None and not self._closed:
             self._broken = exc
         self._queue.clear()
+        self._queued_bytes = 0
         self._wake_senders()
 
     # -- receiving ----------------------------------------------------------------------
@@ -272,7 +278,8 @@ class Link:
         with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
             try:
                 await self._stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError,
+                    anyio.BusyResourceError, OSError):
                 pass
         await anyio.aclose_forcefully(self._stream)
 
@@ -308,13 +315,14 @@ class Link:
         self._closed = True
         self._wake_senders()
         with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-            if healthy and self._conn.state in (State.OPEN, State.GOT_GOODBYE):
+            if (healthy and not self._flushing
+                    and self._conn.state in (State.OPEN, State.GOT_GOODBYE)):
                 try:
                     data = b"".join(self._queue) + self._conn.send(Goodbye(reason))
                     self._queue.clear()
                     await self._stream.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError,
-                        LocalProtocolError, OSError):
+                        anyio.BusyResourceError, LocalProtocolError, OSError):
                     pass
             await self._stream.aclose()
 

@@ -10,15 +10,20 @@ import anyio.abc
 import pytest
 
 from asyncjobs.protocol import (
+    NEED_DATA,
     AuthenticationFailed,
     Connection,
     Error,
     Heartbeat,
+    Hello,
     Message,
     RemoteProtocolError,
     Role,
+    VersionMismatch,
 )
 from asyncjobs.transport import ConnectionFailed, HandshakeFailed, Link
+
+from .conftest import SECRET
 
 if TYPE_CHECKING:
     from .conftest import Transport
@@ -202,31 +207,118 @@ async def check_closed_port_names_the_address(t: Transport) -> None:
     assert info.value.address == f"127.0.0.1:{port}"
 
 
+def _handshake_then_stop_reading(addr: tuple[str, int], t: Transport) -> socket.socket:
+    """A peer on a blocking socket (run in a thread): it completes the handshake and
+    then reads nothing, so the kernel's buffers fill up."""
+    sock = socket.create_connection(addr, timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    if t.client_tls is not None:
+        sock = t.client_tls.wrap_socket(sock)
+    conn = Connection(role=Role.NODE, secret=SECRET)
+    sock.sendall(conn.data_to_send())
+    for _ in range(100):
+        conn.receive_data(sock.recv(65536))
+        events = []
+        while (event := conn.next_event()) is not NEED_DATA:
+            events.append(event)
+        sock.sendall(conn.data_to_send())
+        if any(isinstance(e, Hello) for e in events):
+            sock.setblocking(True)
+            return sock
+    raise AssertionError("no handshake after 100 reads")
+
+
+def _read_messages(sock: socket.socket, n: int) -> int:
+    """Drain ``sock`` as ``_handshake_then_stop_reading``'s peer would: count frames."""
+    count = 0
+    buf = b""
+    for _ in range(100_000):
+        if count >= n:
+            return count
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            buf = buf[4 + int.from_bytes(buf[:4], "big"):]
+            count += 1
+    return count
+
+
 async def check_a_peer_that_never_reads_gives_back_pressure(t: Transport) -> None:
     limit = 256 * 1024
     big = Error("filler", "x" * 65536)
     per_task = 300
     sent = [0, 0]
+    links = anyio.create_memory_object_stream[Link](1)
+    done = anyio.Event()
+
+    async def handler(link: Link) -> None:
+        await links[0].send(link)
+        await done.wait()
 
     async def produce(i: int, link: Link) -> None:
         for _ in range(per_task):
             await link.send(big)
             sent[i] += 1
 
-    async with t.pair(max_queued_bytes=limit) as (client, server):
+    async with t.server(handler, max_queued_bytes=limit) as addr:
+        sock = await anyio.to_thread.run_sync(_handshake_then_stop_reading, addr, t)
+        try:
+            with anyio.fail_after(5):
+                server = await links[1].receive()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce, 0, server)
+                tg.start_soon(produce, 1, server)
+                # a queue filling up sets no event: poll it, within a deadline
+                with anyio.fail_after(10):
+                    while server.queued_bytes < limit:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                assert server.queued_bytes < limit + 2 * 70_000
+                assert sum(sent) < 2 * per_task
+                read = await anyio.to_thread.run_sync(_read_messages, sock, 2 * per_task)
+            assert read == 2 * per_task
+            assert sent == [per_task, per_task]
+        finally:
+            done.set()
+            sock.close()
+            links[0].close()
+            links[1].close()
+
+
+async def check_closing_wakes_a_receiver_with_closed_resource(t: Transport) -> None:
+    async with t.pair() as (client, _server):
+        async def close_soon() -> None:
+            await anyio.wait_all_tasks_blocked()
+            await client.aclose()
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(produce, 0, client)
-            tg.start_soon(produce, 1, client)
-            # a queue filling up sets no event: poll it, within a deadline
-            with anyio.fail_after(10):
-                while client._queued_bytes < limit:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            queued = client._queued_bytes
-            assert queued < limit + 2 * 70_000
-            assert sum(sent) < 2 * per_task
-            got = await _receive_n(server, 2 * per_task)
-        assert sent == [per_task, per_task]
-        assert all(m == big for m in got)
+            tg.start_soon(close_soon)
+            with anyio.fail_after(5), pytest.raises(anyio.ClosedResourceError):
+                await client.receive()
+
+
+async def check_another_version_fails_with_version_mismatch(t: Transport) -> None:
+    ours = Connection(role=Role.COORDINATOR, secret=SECRET)
+    theirs = Hello(Role.COORDINATOR, ours.our_hello.nonce, ours.our_hello.max_frame_bytes,
+                   version=2).to_bytes()
+
+    async def old_coordinator(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.send(len(theirs).to_bytes(4, "big") + theirs)
+            await _read_until_closed(stream)
+
+    if t.server_tls is not None:
+        pytest.skip("the fake peer speaks plain TCP")
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = int(listener.extra(anyio.abc.SocketAttribute.local_address)[1])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, old_coordinator)
+            with pytest.raises(HandshakeFailed) as info:
+                await t.connect(("127.0.0.1", port))
+            tg.cancel_scope.cancel()
+    assert isinstance(info.value.cause, VersionMismatch)
+    assert "version 2" in str(info.value)
 
 
 # -- run each check over each transport --------------------------------------------------
@@ -276,3 +368,11 @@ async def test_closed_port_names_the_address(transport: Transport) -> None:
 
 async def test_a_peer_that_never_reads_gives_back_pressure(transport: Transport) -> None:
     await check_a_peer_that_never_reads_gives_back_pressure(transport)
+
+
+async def test_closing_wakes_a_receiver_with_closed_resource(transport: Transport) -> None:
+    await check_closing_wakes_a_receiver_with_closed_resource(transport)
+
+
+async def test_another_version_fails_with_version_mismatch(transport: Transport) -> None:
+    await check_another_version_fails_with_version_mismatch(transport)
