@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .model import ErrorInfo, JobStatus
+    from .protocol.errors import RemoteProtocolError
 
 
 class AsyncJobsError(Exception):
@@ -174,3 +175,32 @@ class WorkerStartFailed(AsyncJobsError, RuntimeError):
 class UnguardedMainModule(AsyncJobsError, RuntimeError):
     """A Runner was opened while a worker process imported the app's main module: the
     code that starts the Runner is not under ``if __name__ == "__main__":``."""
+
+
+class ConnectionFailed(AsyncJobsError, ConnectionError):
+    """No link could be made with the peer at an address.
+
+    :param address: ``"host:port"``
+    :param reason: what went wrong, in a few words
+    """
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(address, reason)
+        self.address = address
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot link with an asyncjobs peer at {self.address}: {self.reason}"
+
+
+class HandshakeFailed(ConnectionFailed):
+    """The peer answered but the handshake failed; ``.cause`` is the protocol's error
+    (``AuthenticationFailed``, ``VersionMismatch`` or another ``RemoteProtocolError``)."""
+
+    def __init__(self, address: str, cause: RemoteProtocolError) -> None:
+        super().__init__(address, str(cause))
+        self.cause = cause
+
+
+class HandshakeTimeout(ConnectionFailed, TimeoutError):
+    """The peer did not complete the handshake within the deadline."""

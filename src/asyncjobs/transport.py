@@ -31,7 +31,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from .errors import AsyncJobsError
+from .errors import ConnectionFailed, HandshakeFailed, HandshakeTimeout
 from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     NEED_DATA,
@@ -58,35 +58,6 @@ READ_BYTES = 65536
 DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024
 #: how long ``aclose`` waits to write its ``Goodbye`` to a peer that does not read
 CLOSE_TIMEOUT_S = 1.0
-
-
-class ConnectionFailed(AsyncJobsError, ConnectionError):
-    """No link could be made with the peer at an address.
-
-    :param address: ``"host:port"``
-    :param reason: what went wrong, in a few words
-    """
-
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(address, reason)
-        self.address = address
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"cannot link with an asyncjobs peer at {self.address}: {self.reason}"
-
-
-class HandshakeFailed(ConnectionFailed):
-    """The peer answered but the handshake failed; ``.cause`` is the protocol's error
-    (``AuthenticationFailed``, ``VersionMismatch`` or another ``RemoteProtocolError``)."""
-
-    def __init__(self, address: str, cause: RemoteProtocolError) -> None:
-        super().__init__(address, str(cause))
-        self.cause = cause
-
-
-class HandshakeTimeout(ConnectionFailed, TimeoutError):
-    """The peer did not complete the handshake within the deadline."""
 
 
 def _address(host: str, port: int) -> str:
