@@ -227,13 +227,7 @@ class Link:
                 raise
             return
         self._conn.receive_data(chunk)
-        try:
-            while (event := self._conn.next_event()) is not NEED_DATA:
-                if not isinstance(event, Hello):
-                    self._events.append(event)
-        except RemoteProtocolError as exc:
-            self._remote_error = exc
-            await self._abort(exc)
+        if not await self._take_events():
             return
         if not chunk:
             self._eof = True
@@ -256,6 +250,11 @@ class Link:
 
     async def _after_handshake(self) -> None:
         """Take the events that arrived with the peer's proof."""
+        await self._take_events()
+
+    async def _take_events(self) -> bool:
+        """Move what the connection decoded to the receive queue; False once the peer
+        sent something invalid (the link is then aborted)."""
         try:
             while (event := self._conn.next_event()) is not NEED_DATA:
                 if not isinstance(event, Hello):
@@ -263,6 +262,8 @@ class Link:
         except RemoteProtocolError as exc:
             self._remote_error = exc
             await self._abort(exc)
+            return False
+        return True
 
     def __aiter__(self) -> Link:
         return self
