@@ -31,6 +31,7 @@ from .core.policy import LimitSpec, scoped
 from .errors import FlowError
 from .executors.base import Call
 from .executors.chunk import run_chunk
+from .executors.remote import http_wire, shell_wire
 from .executors.shell import ShellGuard, run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
@@ -131,7 +132,12 @@ class _Item(Entry):
     def finished(self, done: JobFinished) -> None:
         self.flow._live.discard(done.job_id)
         error = done.error.first_line if done.error is not None else None
-        self.finish(done.status, done.attempts, done.result, error, time.time())
+        if done.node:
+            self.record.node = done.node
+            if done.started_s is not None:
+                self.record.started = done.started_s
+        ended = done.ended_s if done.ended_s is not None else time.time()
+        self.finish(done.status, done.attempts, done.result, error, ended)
 
     def start(self, now: float) -> None:
         if self.record.started is None:
@@ -452,7 +458,10 @@ class FlowRun:
 
         def on_done(done: JobFinished) -> None:
             self._live.discard(chunk_id)
-            now = time.time()
+            now = time.time() if done.ended_s is None else done.ended_s
+            if done.node:
+                for it in items:
+                    it.record.node = done.node
             if done.status is JobStatus.SUCCEEDED:
                 outcomes, elapsed_s = done.result
                 assert running.chunker is not None
@@ -511,11 +520,13 @@ class FlowRun:
 
             def shell(item: Any) -> Call:
                 c = ctx(item)
+                own = {str(k): str(v) for k, v in job_env(c).items()}
                 run_env = dict(base_env)
-                run_env.update({str(k): str(v) for k, v in job_env(c).items()})
-                return Call(run_shell, (command(c),),
-                            {"env": run_env, "cwd": cwd(c) or default_cwd, "guard": guard},
-                            timeout_s)
+                run_env.update(own)
+                text, where = command(c), cwd(c) or default_cwd
+                return Call(run_shell, (text,),
+                            {"env": run_env, "cwd": where, "guard": guard}, timeout_s,
+                            remote=shell_wire(text, own, where))
 
             return shell
         assert isinstance(action, HttpAction)
@@ -529,8 +540,10 @@ class FlowRun:
 
         def http(item: Any) -> Call:
             c = ctx(item)
-            return Call(request, (method, url(c)), {
-                "json": body(c), "data": data(c), "headers": headers(c), "expect": expect,
-            }, timeout_s)
+            where = url(c)
+            kwargs = {"json": body(c), "data": data(c), "headers": headers(c),
+                      "expect": expect}
+            return Call(request, (method, where), kwargs, timeout_s,
+                        remote=http_wire(method, where, **kwargs))
 
         return http

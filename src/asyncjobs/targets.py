@@ -91,6 +91,34 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+def reference_of(fn: Callable[..., Any]) -> str:
+    """The ``"module:attribute"`` a node imports ``fn`` by.
+
+    :raises TargetError: if ``fn`` has no such name: a lambda, a function defined inside
+        another, a partial, a callable object, or anything of ``__main__`` (a node's
+        ``__main__`` is not the client's)
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise TargetError(f"{fn!r} cannot be sent to a cluster: nodes import a job's "
+                          f"callable by its module and name, and it has none (a lambda, a "
+                          f"local function, a partial or a callable object); define it at "
+                          f"the top level of a module, or pass 'module:attribute'")
+    if module == "__main__":
+        raise TargetError(f"{fn!r} cannot be sent to a cluster: it is defined in __main__, "
+                          f"which nodes cannot import; move it to a module of its own")
+    ref = f"{module}:{qualname}"
+    try:
+        same = resolve_ref(ref) is fn
+    except TargetError:
+        same = False
+    if not same:
+        raise TargetError(f"{fn!r} cannot be sent to a cluster: {ref!r} does not import "
+                          f"as the same object here, so a node would not find it either")
+    return ref
+
+
 def resolve_target(fn: Callable[..., Any] | str) -> Target:
     """The callable (imported, for a ``"module:attribute"``) and its job defaults.
 

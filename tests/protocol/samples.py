@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from asyncjobs.core.policy import LimitSpec
 from asyncjobs.model import ErrorInfo, JobKind, JobStatus
 from asyncjobs.protocol import (
     Assign,
@@ -11,6 +12,8 @@ from asyncjobs.protocol import (
     AttemptResult,
     AttemptSpec,
     Cancel,
+    ClusterInfo,
+    DeclareLimits,
     Drain,
     Error,
     FlowStatus,
@@ -22,6 +25,7 @@ from asyncjobs.protocol import (
     NodeInfo,
     Outcome,
     Register,
+    ReleaseLimits,
     Result,
     Role,
     StatusReply,
@@ -45,7 +49,7 @@ SAMPLES: list[tuple[Role, Role, Message]] = [
         JobSpec("a", "examples.montecarlo:hits", (4000,), None),
         JobSpec("b", "pkg.mod:Cls.method", ("x", [1, 2], {"k": None}), {"opt": b"\x00\xff"},
                 JobKind.CPU, 30.0, 2, 0.5),
-        JobSpec("c", "m:f", (), {}, JobKind.IO, None, 0, None),
+        JobSpec("c", "m:f", (), {}, JobKind.IO, None, 0, None, ("flow1:api",)),
     ))),
     (C, N, Assign((
         AttemptSpec("a", 1, "examples.montecarlo:hits", (4000,), None, JobKind.CPU, 60.0),
@@ -73,6 +77,10 @@ SAMPLES: list[tuple[Role, Role, Message]] = [
                        (FlowStatus("flow-1", "jobs.yaml", "succeeded", 10, 10),))),
     (C, N, Error("duplicate-node", "a node named node-a is already registered")),
     (K, C, Error("protocol", "nope")),
+    (K, C, DeclareLimits("flow1", {"api": LimitSpec(2, None), "slow": LimitSpec(None, 0.5)})),
+    (K, C, ReleaseLimits("flow1")),
+    (C, K, ClusterInfo({JobKind.IO: 200, JobKind.CPU: 4, JobKind.THREAD: 16}, 2)),
+    (K, C, FlowStatus("flow-1", "jobs.yaml", "running", 5, 10)),
     (N, C, Goodbye("draining")),
     (C, K, Goodbye()),
 ]

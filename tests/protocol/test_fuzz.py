@@ -13,6 +13,7 @@ hypothesis = pytest.importorskip("hypothesis")  # not yet in the "test" extra of
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from asyncjobs.core.policy import LimitSpec  # noqa: E402
 from asyncjobs.model import ErrorInfo, JobKind, JobStatus  # noqa: E402
 from asyncjobs.protocol import (  # noqa: E402
     NEED_DATA,
@@ -190,7 +191,7 @@ STRATEGIES: dict[type, Any] = {
     m.Heartbeat: st.builds(m.Heartbeat, counts),
     m.Submit: st.builds(m.Submit, batch(st.builds(
         JobSpec, ids, targets, args, kwargs, kinds, st.none() | seconds, st.none() | counts,
-        st.none() | seconds))),
+        st.none() | seconds, texts))),
     m.Assign: st.builds(m.Assign, batch(st.builds(
         AttemptSpec, ids, counts, targets, args, kwargs, kinds, st.none() | seconds))),
     m.Result: st.builds(m.Result, batch(st.builds(
@@ -208,6 +209,12 @@ STRATEGIES: dict[type, Any] = {
         NodeInfo, ids, st.booleans(), counts, counts, counts, seconds)), batch(flow_status)),
     m.Error: st.builds(m.Error, ids, ids),
     m.Goodbye: st.builds(m.Goodbye, ids),
+    m.DeclareLimits: st.builds(m.DeclareLimits, ids, st.dictionaries(ids, st.builds(
+        LimitSpec, st.none() | st.integers(1, 2**31),
+        st.none() | st.floats(1e-6, 1e9, allow_nan=False)), max_size=3)),
+    m.ReleaseLimits: st.builds(m.ReleaseLimits, ids),
+    m.ClusterInfo: st.builds(m.ClusterInfo, st.dictionaries(st.sampled_from(JobKind), counts),
+                             counts),
 }
 
 

@@ -70,6 +70,11 @@ class JobFinished(Matchable):
     result: Any = None
     error: ErrorInfo | None = None
     stimulus_id: str = ""
+    #: where and when its last attempt ran, when a cluster says so (Unix time); an
+    #: embedded engine leaves them empty and the caller keeps its own times
+    node: str = ""
+    started_s: float | None = None
+    ended_s: float | None = None
 
 
 Command = StartAttempt | CancelAttempt | JobFinished

@@ -34,16 +34,21 @@ class Executor(Protocol):
 class Call:
     """A function and its arguments, as one attempt will run it."""
 
-    __slots__ = ("fn", "args", "kwargs", "timeout_s")
+    __slots__ = ("fn", "args", "kwargs", "timeout_s", "remote")
 
     def __init__(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         timeout_s: float | None,
+        remote: tuple[str, tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.timeout_s = timeout_s
+        #: how the call runs on a node, as ``(reference, args, kwargs)`` of plain data,
+        #: when ``fn`` needs this process's resources (``executors.remote``); None: ``fn``
+        #: travels by the name it is imported under
+        self.remote = remote
 
 
 def timeout_info(timeout_s: float, detail: str = "") -> ErrorInfo:

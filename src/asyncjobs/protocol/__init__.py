@@ -26,6 +26,8 @@ from .messages import AttemptRef as AttemptRef
 from .messages import AttemptResult as AttemptResult
 from .messages import AttemptSpec as AttemptSpec
 from .messages import Cancel as Cancel
+from .messages import ClusterInfo as ClusterInfo
+from .messages import DeclareLimits as DeclareLimits
 from .messages import Drain as Drain
 from .messages import Error as Error
 from .messages import FlowStatus as FlowStatus
@@ -38,6 +40,7 @@ from .messages import Message as Message
 from .messages import NodeInfo as NodeInfo
 from .messages import Outcome as Outcome
 from .messages import Register as Register
+from .messages import ReleaseLimits as ReleaseLimits
 from .messages import Result as Result
 from .messages import StatusReply as StatusReply
 from .messages import StatusRequest as StatusRequest
@@ -54,7 +57,9 @@ __all__ = (
     "AttemptSpec",
     "AuthenticationFailed",
     "Cancel",
+    "ClusterInfo",
     "Connection",
+    "DeclareLimits",
     "Drain",
     "Error",
     "Event",
@@ -72,6 +77,7 @@ __all__ = (
     "Outcome",
     "ProtocolError",
     "Register",
+    "ReleaseLimits",
     "RemoteProtocolError",
     "Result",
     "Role",

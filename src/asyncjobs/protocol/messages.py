@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import msgpack
 
+from ..core.policy import LimitSpec
 from ..model import WIRE_FIELDS, ErrorInfo, JobKind, JobStatus
 from .errors import LocalProtocolError, UnencodableValue
 from .handshake import Role
@@ -48,6 +49,9 @@ class JobSpec:
     timeout_s: float | None = None
     retries: int | None = None
     backoff_s: float | None = None
+    #: named limits an attempt holds while it runs, as declared by ``DeclareLimits``
+    #: (``scope:name``); cluster-wide
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,31 @@ class StatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclareLimits:
+    """A client's named limits for one scope (a flow run): its jobs name them
+    ``scope:name`` in ``JobSpec.limits``; they hold cluster-wide."""
+
+    scope: str
+    limits: dict[str, LimitSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLimits:
+    """The scope ended: its limits go once no running attempt holds them."""
+
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """What a client needs to size its windows: attempts of each kind the live nodes run
+    at once, in all. Sent when the client connects and whenever it changes."""
+
+    capacity: dict[JobKind, int]
+    nodes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """A refusal at the protocol level (a duplicate node name, a message the peer may not
     send, ...). The sender usually closes the link after it."""
@@ -251,7 +280,8 @@ class Goodbye:
 
 Message: TypeAlias = (
     Register | Heartbeat | Submit | Assign | Result | Outcome | Cancel | Drain | FlowSubmit
-    | FlowStatus | StatusRequest | StatusReply | Error | Goodbye
+    | FlowStatus | StatusRequest | StatusReply | Error | Goodbye | DeclareLimits
+    | ReleaseLimits | ClusterInfo
 )
 Item: TypeAlias = (
     JobSpec | AttemptSpec | AttemptResult | AttemptRef | JobOutcome | NodeInfo | FlowStatus
@@ -363,6 +393,30 @@ def _capacity(v: Any) -> dict[JobKind, int]:
     raise _Bad("a map from job kinds to slot counts", v)
 
 
+def _limits(v: Any) -> dict[str, LimitSpec]:
+    if type(v) is not dict:
+        raise _Bad("a map from limit names to [concurrency, rate per second]", v)
+    out: dict[str, LimitSpec] = {}
+    for name, spec in v.items():
+        if type(spec) is LimitSpec:
+            spec = [spec.concurrency, spec.rate_per_s]
+        if type(name) is not str or type(spec) is not list or len(spec) != 2:
+            raise _Bad("a map from limit names to [concurrency, rate per second]", v)
+        concurrency, rate = spec
+        if concurrency is not None and (type(concurrency) is not int
+                                        or not 1 <= concurrency < 2**32):
+            raise _Bad(f"limit {name!r}: a concurrency of at least 1, or nil", concurrency)
+        if rate is not None and not ((type(rate) is float or type(rate) is int)
+                                     and rate > 0 and math.isfinite(rate)):
+            raise _Bad(f"limit {name!r}: a rate above 0 per second, or nil", rate)
+        out[name] = LimitSpec(concurrency, None if rate is None else float(rate))
+    return out
+
+
+def _dump_limits(v: dict[str, LimitSpec]) -> dict[str, list[Any]]:
+    return {name: [spec.concurrency, spec.rate_per_s] for name, spec in v.items()}
+
+
 def _opt_error(v: Any) -> ErrorInfo | None:
     if v is None:
         return None
@@ -435,7 +489,8 @@ _ERROR = Field(_opt_error, _dump_error)
 ITEMS: dict[type[Item], dict[str, Field]] = {
     JobSpec: {"job_id": _TEXT, "target": Field(_target), "args": _ARGS, "kwargs": _KWARGS,
               "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS,
-              "retries": Field(_opt_count), "backoff_s": _OPT_SECONDS},
+              "retries": Field(_opt_count), "backoff_s": _OPT_SECONDS,
+              "limits": Field(_texts)},
     AttemptSpec: {"job_id": _TEXT, "attempt": _COUNT, "target": Field(_target), "args": _ARGS,
                   "kwargs": _KWARGS, "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS},
     AttemptResult: {"job_id": _TEXT, "attempt": _COUNT, "value": _VALUE, "error": _ERROR,
@@ -478,13 +533,18 @@ MESSAGES: dict[type[Message], Spec] = {
     FlowSubmit: Spec(9, frozenset({(_K, _C)}), {
         "flow_id": _TEXT, "file": _TEXT, "source": _TEXT,
         "params": _KWARGS, "resume": _FLAG}),
-    FlowStatus: Spec(10, frozenset({(_C, _K)}), {
+    FlowStatus: Spec(10, frozenset({(_C, _K), (_K, _C)}), {
         "flow_id": _TEXT, "file": _TEXT, "state": _TEXT, "done": _COUNT, "total": _COUNT}),
     StatusRequest: Spec(11, frozenset({(_K, _C)}), {"request_id": _COUNT}),
     StatusReply: Spec(12, frozenset({(_C, _K)}), {
         "request_id": _COUNT, "nodes": _batch(NodeInfo), "flows": _batch(FlowStatus)}),
     Error: Spec(13, _ANY, {"code": _TEXT, "message": _TEXT}),
     Goodbye: Spec(14, _ANY, {"reason": _TEXT}),
+    DeclareLimits: Spec(15, frozenset({(_K, _C)}), {
+        "scope": _TEXT, "limits": Field(_limits, _dump_limits)}),
+    ReleaseLimits: Spec(16, frozenset({(_K, _C)}), {"scope": _TEXT}),
+    ClusterInfo: Spec(17, frozenset({(_C, _K)}), {
+        "capacity": Field(_capacity), "nodes": _COUNT}),
 }
 # FlowStatus is a message and, inside StatusReply, an item too.
 ITEMS[FlowStatus] = MESSAGES[FlowStatus].fields
