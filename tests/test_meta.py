@@ -89,14 +89,14 @@ def test_pure_layers_do_no_io_and_import_nothing_above_them(package: str) -> Non
 
 #: which layer each top-level module or package of asyncjobs belongs to, lowest first
 LAYERS: dict[str, tuple[str, ...]] = {
-    "leaf": ("errors", "model", "config", "marks", "targets"),
+    "leaf": ("errors", "model", "config", "marks", "targets", "auth"),
     "pure": ("core", "flow", "protocol"),
     "adapter": ("executors", "store", "report", "transport"),
     "seam": ("backend",),
     "engine": ("engine",),
     "runs": ("mapper", "flowrun"),
     "api": ("api", "client"),
-    "top": ("cli", "progress", "__main__", "daemons", "__init__"),
+    "top": ("cli", "client_cli", "progress", "__main__", "daemons", "__init__"),
 }
 #: what each layer may import besides itself; "runs" use the Backend seam, never the engine
 MAY_IMPORT: dict[str, tuple[str, ...]] = {

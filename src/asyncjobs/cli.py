@@ -49,7 +49,59 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: 10MiB)")
     run.add_argument("--quiet", action="store_true",
                      help="no progress; print the summary only when something failed")
+    _tcp_options(run)
+
+    coord = commands.add_parser(
+        "coordinator", help="schedule jobs for a cluster of nodes",
+        description="Accept nodes and clients, and schedule the clients' jobs on the nodes.")
+    coord.add_argument("--listen", default="127.0.0.1:7700", metavar="HOST:PORT",
+                       help="where nodes and clients connect (default: 127.0.0.1:7700; "
+                            "any other than a loopback address needs a secret)")
+    coord.add_argument("--state", metavar="PATH.db",
+                       help="keep flows and job states in this SQLite file")
+    coord.add_argument("--http", metavar="HOST:PORT",
+                       help="serve /healthz, /metrics and JSON state here")
+    coord.add_argument("--dead-after", type=float, default=5.0, metavar="SECONDS",
+                       help="declare a node dead when it is silent this long (default: 5)")
+    _tcp_options(coord)
+
+    node = commands.add_parser(
+        "node", help="run a cluster's jobs on this machine",
+        description="Connect to a coordinator and run the jobs it assigns, one event loop "
+                    "per core.")
+    node.add_argument("--connect", required=True, metavar="HOST:PORT",
+                      help="the coordinator's address")
+    node.add_argument("--loops", type=int, metavar="N",
+                      help="event loop processes (default: the usable cores)")
+    node.add_argument("--cpu-workers", type=int, metavar="N",
+                      help="cpu worker processes for the whole node, shared by its loops "
+                           "(default: the usable cores)")
+    node.add_argument("--io-concurrency", type=int, metavar="N",
+                      help="io attempts each loop runs at once (default: 100)")
+    node.add_argument("--name", metavar="NAME",
+                      help="the node's name (default: the host name)")
+    node.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                      help="on SIGTERM, how long running jobs may take to finish (default: 30)")
+    _tcp_options(node)
+
+    status = commands.add_parser(
+        "status", help="show a cluster's nodes and flows",
+        description="Show the nodes and flows of the coordinator at HOST:PORT.")
+    status.add_argument("--connect", required=True, metavar="HOST:PORT",
+                        help="the coordinator's address")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    _tcp_options(status)
     return parser
+
+
+def _tcp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="the cluster secret, from a file only you may read (default: "
+                             "$ASYNCJOBS_SECRET)")
+    parser.add_argument("--tls-cert", metavar="PATH", help="this side's TLS certificate")
+    parser.add_argument("--tls-key", metavar="PATH", help="its private key")
+    parser.add_argument("--tls-ca", metavar="PATH",
+                        help="the CA that signs the cluster's certificates")
 
 
 def _fail(message: str) -> int:
@@ -235,6 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "coordinator":
+        from .daemons.coordinator import main as coordinator_main
+
+        return coordinator_main(args)
+    if args.command == "node":
+        from .daemons.node import main as node_main
+
+        return node_main(args)
+    if args.command == "status":
+        from .client_cli import cmd_status
+
+        return cmd_status(args)
     parser.print_help(sys.stderr)
     return EXIT_BAD_INPUT
 

@@ -204,3 +204,8 @@ class HandshakeFailed(ConnectionFailed):
 
 class HandshakeTimeout(ConnectionFailed, TimeoutError):
     """The peer did not complete the handshake within the deadline."""
+
+
+class ClusterConfigError(AsyncJobsError, ValueError):
+    """A cluster setting that cannot work: a secret file others may read, an address that
+    is not HOST:PORT, a public listen address without a secret. Exit code 2."""

@@ -1,0 +1,1 @@
+"""The long-running processes of a cluster: ``asyncjobs coordinator`` and ``asyncjobs node``."""
