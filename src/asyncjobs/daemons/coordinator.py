@@ -237,8 +237,23 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         return run(lambda: _serve(server, host, port))
-    except OSError as exc:
-        return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}")
+    except (OSError, BaseExceptionGroup) as exc:
+        bind = _os_error(exc)
+        if bind is None:
+            raise
+        return _fail(f"cannot listen on {args.listen}: {bind.strerror or bind}")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` of a failed bind, alone or inside task groups' exception groups."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 async def _serve(server: CoordinatorServer, host: str, port: int) -> int:
