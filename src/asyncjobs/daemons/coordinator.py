@@ -88,43 +88,52 @@ class CoordinatorServer:
     # -- links ------------------------------------------------------------------------
 
     async def _handle(self, link: Link) -> None:
-        assert self.state is not None and self._loop is not None
+        assert self.state is not None
         link_id = next(self._ids)
         peer = self._peers[link_id] = _Peer(link)
-        role = link.peer.role if link.peer is not None else None
         try:
             with peer.scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._writer, peer)
-                    if role is Role.NODE:
-                        first: Message | None = None
-                        with anyio.move_on_after(REGISTER_TIMEOUT_S):
-                            first = await link.receive()
-                        if first is None:
-                            log.info("%s did not register in %g s", link.address,
-                                     REGISTER_TIMEOUT_S)
-                            return
-                        self._apply(self.state.node_joined(link_id, first, self._now()))
-                        if not self.state.has_link(link_id):
-                            return  # refused: the Error goes out as the link closes
-                    else:
-                        self._apply(self.state.client_joined(link_id, self._now()))
-                    async for msg in link:
-                        self._apply(self.state.message(link_id, msg, self._now()))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+                    try:
+                        await self._read(link_id, link)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError,
+                            anyio.ClosedResourceError):
+                        pass
+                    tg.cancel_scope.cancel()
         finally:
             self._peers.pop(link_id, None)
             self._apply(self.state.link_closed(link_id, self._now()))
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await self._flush_last(peer)
 
+    async def _read(self, link_id: int, link: Link) -> None:
+        """Everything the peer sends, into the state, until the link ends."""
+        assert self.state is not None
+        if link.peer is not None and link.peer.role is Role.NODE:
+            first: Message | None = None
+            with anyio.move_on_after(REGISTER_TIMEOUT_S):
+                first = await link.receive()
+            if first is None:
+                log.info("%s did not register in %g s", link.address, REGISTER_TIMEOUT_S)
+                return
+            self._apply(self.state.node_joined(link_id, first, self._now()))
+            if not self.state.has_link(link_id):
+                return  # refused: its Error goes out as the link closes
+        else:
+            self._apply(self.state.client_joined(link_id, self._now()))
+        async for msg in link:
+            self._apply(self.state.message(link_id, msg, self._now()))
+
     async def _writer(self, peer: _Peer) -> None:
-        while True:
-            await peer.wake.wait()
-            peer.wake.clear()
-            msgs, peer.outbox = peer.outbox, []
-            await _send(peer.link, msgs)
+        try:
+            while True:
+                await peer.wake.wait()
+                peer.wake.clear()
+                msgs, peer.outbox = peer.outbox, []
+                await _send(peer.link, msgs)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            peer.scope.cancel()  # the reader sees the same; the link is closing
 
     async def _flush_last(self, peer: _Peer) -> None:
         """Write what is left for a link being closed (an ``Error`` that says why)."""
