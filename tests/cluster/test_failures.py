@@ -22,7 +22,8 @@ from .harness import REPO, Coordinator, Node, daemon_env, status, wait_for_nodes
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(
+    not hasattr(asyncjobs, "connect"), reason="needs the node daemon and connect(), landing next")]
 
 
 def _kill_node_hard(node: Node) -> None:
