@@ -115,3 +115,30 @@ async def test_hostile_sockets_are_dropped_and_a_real_peer_still_gets_in(
                 s.close()
         await anyio.sleep(0.1)
         assert (await status(coord)).nodes == ()
+
+
+async def test_http_serves_health_metrics_and_state(tmp_path: Path) -> None:
+    import aiohttp
+
+    from asyncjobs.protocol.messages import JobSpec, Outcome, Submit
+
+    with Coordinator(tmp_path, "--http", "127.0.0.1:0") as coord:
+        found = coord.wait_for_line(r"http on (\S+):(\d+)")
+        base = f"http://{found.group(1)}:{found.group(2)}"
+        link = await connect(coord.host, coord.port, role=Role.CLIENT, secret=b"")
+        async with link:
+            await link.send(Submit((JobSpec("a", "m:f", limits=("nope:x",)),)))
+            with anyio.fail_after(5):
+                async for msg in link:
+                    if isinstance(msg, Outcome):
+                        break
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200 and (await resp.json()) == {"ok": True}
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            async with http.get(f"{base}/state") as resp:
+                state = await resp.json()
+    assert "asyncjobs_jobs_refused_total 1.0" in text
+    assert "asyncjobs_nodes_alive 0.0" in text
+    assert state["counts"]["refused"] == 1 and state["nodes"] == []
