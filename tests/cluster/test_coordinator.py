@@ -142,3 +142,25 @@ async def test_http_serves_health_metrics_and_state(tmp_path: Path) -> None:
     assert "asyncjobs_jobs_refused_total 1.0" in text
     assert "asyncjobs_nodes_alive 0.0" in text
     assert state["counts"]["refused"] == 1 and state["nodes"] == []
+
+
+def test_under_systemd_it_says_ready_feeds_the_watchdog_and_says_stopping(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd:
+        sd.bind(path)
+        sd.settimeout(10)
+        coord = Coordinator(tmp_path, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+        try:
+            got = [sd.recv(100).decode() for _ in range(3)]
+            assert "READY=1" in got and "WATCHDOG=1" in got
+        finally:
+            assert coord.stop() == 0
+        rest = []
+        sd.settimeout(0.5)
+        try:
+            while True:
+                rest.append(sd.recv(100).decode())
+        except TimeoutError:
+            pass
+    assert "STOPPING=1" in rest

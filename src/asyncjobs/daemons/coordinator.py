@@ -29,6 +29,7 @@ from ..errors import ClusterConfigError
 from ..protocol import FrameTooLarge, Role
 from ..protocol.messages import Assign, Message, Outcome
 from ..transport import Link, serve, tls_contexts
+from . import systemd
 
 if TYPE_CHECKING:
     import argparse
@@ -363,13 +364,20 @@ async def _serve(server: CoordinatorServer, host: str, port: int,
                     print(f"asyncjobs coordinator: http on {_shown(addr[0], addr[1])}",
                           file=sys.stderr, flush=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, tg.cancel_scope.cancel)
+                loop.add_signal_handler(sig, functools.partial(_stop, tg.cancel_scope))
+            tg.start_soon(systemd.keep_watchdog_fed)
+            systemd.notify("READY=1")
     finally:
         if web is not None:
             with anyio.CancelScope(shield=True):
                 await web.cleanup()
     print("asyncjobs coordinator: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _stop(scope: anyio.CancelScope) -> None:
+    systemd.notify("STOPPING=1")
+    scope.cancel()
 
 
 def _shown(host: str, port: int) -> str:
