@@ -201,9 +201,10 @@ class LoopProcess:
     # -- control ------------------------------------------------------------------------
 
     def request_stop(self, *, hurry: bool = False) -> None:
-        """Drain and stop (SIGTERM); ``hurry``, or a second request: stop at once."""
-        if self._stop.is_set():
-            hurry = True
+        """Drain and stop (SIGTERM); with ``hurry``, stop at once.
+
+        A second SIGTERM is no hurry: systemd signals every process of the unit and the
+        supervisor forwards its own, so a loop commonly gets two."""
         self._hurry = self._hurry or hurry
         self._stop.set()
         self._wake.set()
@@ -476,6 +477,7 @@ class LoopProcess:
     async def _drain(self) -> None:
         """Hand back what has not started, let the rest finish (bounded), answer it."""
         returned = []
+        held = len(self._held)
         if not self._hurry:
             for key, held in list(self._held.items()):
                 if self.engine.status(key) is not JobStatus.RUNNING:
@@ -484,7 +486,7 @@ class LoopProcess:
                     self.engine.cancel(key, "handed back: the node is draining")
             self._post(Drain(tuple(returned)))
             log.info("%s: draining: %d attempts handed back, %d running", self.tag,
-                     len(returned), len(self._held) - len(returned))
+                     len(returned), held - len(returned))
             with anyio.move_on_after(self.settings.drain_timeout_s):
                 while self._held and not self._hurry:
                     with anyio.move_on_after(0.1):
