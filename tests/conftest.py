@@ -34,6 +34,8 @@ def pytest_asyncio_loop_factories(
         pass
     else:
         factories["uvloop"] = uvloop.new_event_loop
+        if "cluster" in item.path.parts:  # real daemons: once, on the loop they use
+            return {"uvloop": uvloop.new_event_loop}
     return factories
 
 
