@@ -477,7 +477,7 @@ class LoopProcess:
     async def _drain(self) -> None:
         """Hand back what has not started, let the rest finish (bounded), answer it."""
         returned = []
-        held = len(self._held)
+        count = len(self._held)
         if not self._hurry:
             for key, held in list(self._held.items()):
                 if self.engine.status(key) is not JobStatus.RUNNING:
@@ -486,7 +486,7 @@ class LoopProcess:
                     self.engine.cancel(key, "handed back: the node is draining")
             self._post(Drain(tuple(returned)))
             log.info("%s: draining: %d attempts handed back, %d running", self.tag,
-                     len(returned), held - len(returned))
+                     len(returned), count - len(returned))
             with anyio.move_on_after(self.settings.drain_timeout_s):
                 while self._held and not self._hurry:
                     with anyio.move_on_after(0.1):
