@@ -264,6 +264,10 @@ class Coordination:
         seq = next(self._heartbeats)
         return [Send(link, Heartbeat(seq)) for link in (*self._clients, *self._loops)]
 
+    def loops_of(self, node: str) -> int:
+        """How many of the node's loops have a link registered now."""
+        return sum(1 for lp in self._loops.values() if lp.node == node)
+
     def has_link(self, link: int) -> bool:
         """Whether the link is a client's or a registered loop's."""
         return link in self._clients or link in self._loops

@@ -33,6 +33,7 @@ from ..transport import Link, serve, tls_contexts
 if TYPE_CHECKING:
     import argparse
     import ssl
+    from collections.abc import Iterable
 
 log = logging.getLogger("asyncjobs.coordinator")
 
@@ -44,11 +45,64 @@ REGISTER_TIMEOUT_S = 5.0
 class _Peer:
     __slots__ = ("link", "outbox", "wake", "scope")
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link | None) -> None:
+        #: None for a ``LocalLink``, which reads ``outbox`` itself
         self.link = link
         self.outbox: list[Message] = []
         self.wake = asyncio.Event()
         self.scope = anyio.CancelScope()
+
+
+class LocalLink:
+    """A client's link to a coordinator in this very process (``Runner(loops=N)``): the
+    same messages and rules as over TCP, without encoding them. Made by
+    ``CoordinatorServer.local_link()``; has the methods of ``transport.Link`` a client
+    uses."""
+
+    address = "this process"
+
+    def __init__(self, server: CoordinatorServer, link_id: int, peer: _Peer) -> None:
+        self._server = server
+        self._id = link_id
+        self._peer = peer
+        self._closed = False
+
+    async def send(self, msg: Message) -> None:
+        self._server._local_message(self._id, msg)
+
+    async def send_many(self, msgs: Iterable[Message]) -> None:
+        for msg in msgs:
+            self._server._local_message(self._id, msg)
+
+    async def receive(self) -> Message:
+        peer = self._peer
+        while not peer.outbox:
+            if self._closed or self._id not in self._server._peers:
+                raise anyio.EndOfStream
+            peer.wake.clear()
+            await peer.wake.wait()
+        return peer.outbox.pop(0) if len(peer.outbox) > 1 else peer.outbox.pop()
+
+    def __aiter__(self) -> LocalLink:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self, reason: str = "") -> None:
+        if not self._closed:
+            self._closed = True
+            self._peer.wake.set()
+            self._server._local_closed(self._id)
+
+    async def __aenter__(self) -> LocalLink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class CoordinatorServer:
@@ -81,6 +135,25 @@ class CoordinatorServer:
                 serve, host, port, role=Role.COORDINATOR, secret=self.secret,
                 handler=self._handle, tls=self.tls, on_refused=self._on_refused))
             task_status.started(addr)
+
+    def local_link(self) -> LocalLink:
+        """A client link from this process (the server must be serving)."""
+        assert self.state is not None
+        link_id = next(self._ids)
+        peer = self._peers[link_id] = _Peer(None)
+        self._apply(self.state.client_joined(link_id, self._now()))
+        return LocalLink(self, link_id, peer)
+
+    def _local_message(self, link_id: int, msg: Message) -> None:
+        assert self.state is not None
+        if link_id not in self._peers:
+            raise anyio.BrokenResourceError("the coordinator closed this link")
+        self._apply(self.state.message(link_id, msg, self._now()))
+
+    def _local_closed(self, link_id: int) -> None:
+        assert self.state is not None
+        if self._peers.pop(link_id, None) is not None:
+            self._apply(self.state.link_closed(link_id, self._now()))
 
     def _on_refused(self, address: str, error: Exception) -> None:
         self.refused += 1
@@ -126,6 +199,7 @@ class CoordinatorServer:
             self._apply(self.state.message(link_id, msg, self._now()))
 
     async def _writer(self, peer: _Peer) -> None:
+        assert peer.link is not None
         try:
             while True:
                 await peer.wake.wait()
@@ -137,7 +211,7 @@ class CoordinatorServer:
 
     async def _flush_last(self, peer: _Peer) -> None:
         """Write what is left for a link being closed (an ``Error`` that says why)."""
-        if peer.outbox:
+        if peer.outbox and peer.link is not None:
             msgs, peer.outbox = peer.outbox, []
             try:
                 await _send(peer.link, msgs)
@@ -145,6 +219,7 @@ class CoordinatorServer:
                 pass
 
     def _apply(self, outputs: list[Output]) -> None:
+        assert self.state is not None
         for out in outputs:
             peer = self._peers.get(out.link)
             if peer is None:
@@ -154,6 +229,11 @@ class CoordinatorServer:
                 peer.wake.set()
             else:
                 assert isinstance(out, Close)
+                if peer.link is None:  # a LocalLink: it reads the end of the stream
+                    self._peers.pop(out.link, None)
+                    self._apply(self.state.link_closed(out.link, self._now()))
+                    peer.wake.set()
+                    continue
                 log.info("closing %s: %s", peer.link.address, out.reason)
                 peer.scope.cancel()
         self._arm_timer()
