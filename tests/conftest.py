@@ -34,6 +34,8 @@ def pytest_asyncio_loop_factories(
         pass
     else:
         factories["uvloop"] = uvloop.new_event_loop
+        if "cluster" in item.path.parts:  # real daemons: once, on the loop they use
+            return {"uvloop": uvloop.new_event_loop}
     return factories
 
 
@@ -81,3 +83,15 @@ def cpu_pids(runner: Any) -> list[int]:
     pool = runner.engine.executors[JobKind.CPU]
     assert isinstance(pool, CpuPool)
     return pool.pids()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """``(cert, key, ca)``: a CA and a certificate it signed for 127.0.0.1, made once."""
+    import shutil
+
+    from .certs import write_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("TLS tests need the openssl command to generate certificates")
+    return write_certificates(tmp_path_factory.mktemp("tls"))

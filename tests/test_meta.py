@@ -95,8 +95,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "seam": ("backend",),
     "engine": ("engine",),
     "runs": ("mapper", "flowrun"),
-    "api": ("api", "client"),
-    "top": ("cli", "client_cli", "progress", "__main__", "daemons", "__init__"),
+    "api": ("api", "client", "localcluster", "daemons"),
+    "top": ("cli", "client_cli", "progress", "__main__", "__init__"),
 }
 #: what each layer may import besides itself; "runs" use the Backend seam, never the engine
 MAY_IMPORT: dict[str, tuple[str, ...]] = {

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import shutil
-import subprocess
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +18,6 @@ from asyncjobs.transport import Link, connect, serve, tls_contexts
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator, Awaitable, Callable
-    from pathlib import Path
 
 SECRET = b"s3cret"
 Address = tuple[str, int]
@@ -90,35 +87,6 @@ class Transport:
                 done.set()
         send.close()
         receive.close()
-
-
-def _write_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and one certificate it signed for localhost and 127.0.0.1, made by openssl."""
-    cert, key, ca = directory / "node.pem", directory / "node.key", directory / "ca.pem"
-    ca_key = directory / "ca.key"
-    ext = directory / "ext.cnf"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-        "-subj", "/CN=asyncjobs test CA")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(directory / "node.csr"), "-subj", "/CN=localhost")
-    run("x509", "-req", "-in", str(directory / "node.csr"), "-CA", str(ca), "-CAkey",
-        str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile",
-        str(ext))
-    return cert, key, ca
-
-
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """``(cert, key, ca)`` generated once per test session."""
-    if shutil.which("openssl") is None:
-        pytest.skip("TLS tests need the openssl command to generate certificates")
-    return _write_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(params=["tcp", "tls"])

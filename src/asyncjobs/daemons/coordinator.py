@@ -1,14 +1,396 @@
-"""``asyncjobs coordinator`` (placeholder until the coordinator lands)."""
+"""``asyncjobs coordinator``: the sockets around ``core.coordination.Coordination``.
+
+Every decision is made by ``Coordination`` (pure, tested without a socket); this module
+only moves messages. Each link has a reader (the transport buffers what nobody reads, so
+every link is read all the time) and a writer that drains the link's outbox (a send
+cancelled mid-write would break the link, so sends are never cancelled; a link is
+closed instead). One timer wakes the state when a retry, a rate token or a node's
+deadline is due, and one ticker sends heartbeats.
+
+The coordinator never imports user code: a job's target is a name it hands to a node.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
+import logging
+import signal
 import sys
+import time
 from typing import TYPE_CHECKING
+
+import anyio
+
+from ..auth import is_loopback, load_secret, parse_address
+from ..core.coordination import Close, Coordination, Output, Send
+from ..errors import ClusterConfigError
+from ..protocol import FrameTooLarge, Role
+from ..protocol.messages import Assign, Message, Outcome
+from ..transport import Link, serve, tls_contexts
+from . import systemd
 
 if TYPE_CHECKING:
     import argparse
+    import ssl
+    from collections.abc import Iterable
+
+log = logging.getLogger("asyncjobs.coordinator")
+
+HEARTBEAT_S = 1.0
+#: how long a node's link may take to send its ``Register`` after the handshake
+REGISTER_TIMEOUT_S = 5.0
+
+
+class _Peer:
+    __slots__ = ("link", "outbox", "wake", "scope")
+
+    def __init__(self, link: Link | None) -> None:
+        #: None for a ``LocalLink``, which reads ``outbox`` itself
+        self.link = link
+        self.outbox: list[Message] = []
+        self.wake = asyncio.Event()
+        self.scope = anyio.CancelScope()
+
+
+class LocalLink:
+    """A client's link to a coordinator in this very process (``Runner(loops=N)``): the
+    same messages and rules as over TCP, without encoding them. Made by
+    ``CoordinatorServer.local_link()``; has the methods of ``transport.Link`` a client
+    uses."""
+
+    address = "this process"
+
+    def __init__(self, server: CoordinatorServer, link_id: int, peer: _Peer) -> None:
+        self._server = server
+        self._id = link_id
+        self._peer = peer
+        self._closed = False
+
+    async def send(self, msg: Message) -> None:
+        self._server._local_message(self._id, msg)
+
+    async def send_many(self, msgs: Iterable[Message]) -> None:
+        for msg in msgs:
+            self._server._local_message(self._id, msg)
+
+    async def receive(self) -> Message:
+        peer = self._peer
+        while not peer.outbox:
+            if self._closed or self._id not in self._server._peers:
+                raise anyio.EndOfStream
+            peer.wake.clear()
+            await peer.wake.wait()
+        return peer.outbox.pop(0) if len(peer.outbox) > 1 else peer.outbox.pop()
+
+    def __aiter__(self) -> LocalLink:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self, reason: str = "") -> None:
+        if not self._closed:
+            self._closed = True
+            self._peer.wake.set()
+            self._server._local_closed(self._id)
+
+    async def __aenter__(self) -> LocalLink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class CoordinatorServer:
+    """Serves one ``Coordination`` on a TCP (or TLS) listener."""
+
+    def __init__(self, *, secret: bytes, dead_after_s: float = 5.0,
+                 tls: ssl.SSLContext | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.secret = secret
+        self.tls = tls
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.state: Coordination | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.refused = 0
+
+    async def serve(self, host: str, port: int, *,
+                    task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Accept nodes and clients until cancelled; readiness reports the bound address."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.state = Coordination(dead_after_s=self.dead_after_s,
+                                  wall_offset=time.time() - loop.time())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
+            addr = await tg.start(functools.partial(
+                serve, host, port, role=Role.COORDINATOR, secret=self.secret,
+                handler=self._handle, tls=self.tls, on_refused=self._on_refused))
+            task_status.started(addr)
+
+    def local_link(self) -> LocalLink:
+        """A client link from this process (the server must be serving)."""
+        assert self.state is not None
+        link_id = next(self._ids)
+        peer = self._peers[link_id] = _Peer(None)
+        self._apply(self.state.client_joined(link_id, self._now()))
+        return LocalLink(self, link_id, peer)
+
+    def _local_message(self, link_id: int, msg: Message) -> None:
+        assert self.state is not None
+        if link_id not in self._peers:
+            raise anyio.BrokenResourceError("the coordinator closed this link")
+        self._apply(self.state.message(link_id, msg, self._now()))
+
+    def _local_closed(self, link_id: int) -> None:
+        assert self.state is not None
+        if self._peers.pop(link_id, None) is not None:
+            self._apply(self.state.link_closed(link_id, self._now()))
+
+    def _on_refused(self, address: str, error: Exception) -> None:
+        self.refused += 1
+
+    # -- links ------------------------------------------------------------------------
+
+    async def _handle(self, link: Link) -> None:
+        assert self.state is not None
+        link_id = next(self._ids)
+        peer = self._peers[link_id] = _Peer(link)
+        try:
+            with peer.scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer, peer)
+                    try:
+                        await self._read(link_id, link)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError,
+                            anyio.ClosedResourceError):
+                        pass
+                    tg.cancel_scope.cancel()
+        finally:
+            self._peers.pop(link_id, None)
+            self._apply(self.state.link_closed(link_id, self._now()))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await self._flush_last(peer)
+
+    async def _read(self, link_id: int, link: Link) -> None:
+        """Everything the peer sends, into the state, until the link ends."""
+        assert self.state is not None
+        if link.peer is not None and link.peer.role is Role.NODE:
+            first: Message | None = None
+            with anyio.move_on_after(REGISTER_TIMEOUT_S):
+                first = await link.receive()
+            if first is None:
+                log.info("%s did not register in %g s", link.address, REGISTER_TIMEOUT_S)
+                return
+            self._apply(self.state.node_joined(link_id, first, self._now()))
+            if not self.state.has_link(link_id):
+                return  # refused: its Error goes out as the link closes
+        else:
+            self._apply(self.state.client_joined(link_id, self._now()))
+        async for msg in link:
+            self._apply(self.state.message(link_id, msg, self._now()))
+
+    async def _writer(self, peer: _Peer) -> None:
+        assert peer.link is not None
+        try:
+            while True:
+                await peer.wake.wait()
+                peer.wake.clear()
+                msgs, peer.outbox = peer.outbox, []
+                await _send(peer.link, msgs)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            peer.scope.cancel()  # the reader sees the same; the link is closing
+
+    async def _flush_last(self, peer: _Peer) -> None:
+        """Write what is left for a link being closed (an ``Error`` that says why)."""
+        if peer.outbox and peer.link is not None:
+            msgs, peer.outbox = peer.outbox, []
+            try:
+                await _send(peer.link, msgs)
+            except Exception:  # noqa: BLE001 - the link is going anyway
+                pass
+
+    def _apply(self, outputs: list[Output]) -> None:
+        assert self.state is not None
+        for out in outputs:
+            peer = self._peers.get(out.link)
+            if peer is None:
+                continue
+            if type(out) is Send:
+                peer.outbox.append(out.msg)
+                peer.wake.set()
+            else:
+                assert isinstance(out, Close)
+                if peer.link is None:  # a LocalLink: it reads the end of the stream
+                    self._peers.pop(out.link, None)
+                    self._apply(self.state.link_closed(out.link, self._now()))
+                    peer.wake.set()
+                    continue
+                log.info("closing %s: %s", peer.link.address, out.reason)
+                peer.scope.cancel()
+        self._arm_timer()
+
+    # -- time -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _arm_timer(self) -> None:
+        assert self.state is not None and self._loop is not None
+        wake = self.state.next_wake()
+        if wake is None or (self._timer_at is not None and self._timer_at <= wake):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = wake
+        self._timer = self._loop.call_at(wake, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.state is not None
+        self._timer = self._timer_at = None
+        self._apply(self.state.tick(self._now()))
+
+    async def _heartbeats(self) -> None:
+        assert self.state is not None
+        while True:
+            await anyio.sleep(self.heartbeat_s)
+            self._apply(self.state.heartbeat())
+            self._apply(self.state.tick(self._now()))
+
+
+async def _send(link: Link, msgs: list[Message]) -> None:
+    """Send in order; a batch too large for one frame goes in halves."""
+    try:
+        await link.send_many(msgs)
+        return
+    except FrameTooLarge:
+        pass
+    for msg in msgs:
+        await _send_one(link, msg)
+
+
+async def _send_one(link: Link, msg: Message) -> None:
+    try:
+        await link.send(msg)
+    except FrameTooLarge:
+        if type(msg) is Outcome and len(msg.jobs) > 1:
+            half = len(msg.jobs) // 2
+            await _send_one(link, Outcome(msg.jobs[:half]))
+            await _send_one(link, Outcome(msg.jobs[half:]))
+        elif type(msg) is Assign and len(msg.attempts) > 1:
+            half = len(msg.attempts) // 2
+            await _send_one(link, Assign(msg.attempts[:half]))
+            await _send_one(link, Assign(msg.attempts[half:]))
+        else:
+            raise
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"asyncjobs: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(args: argparse.Namespace) -> int:
-    print("asyncjobs: error: asyncjobs coordinator is not built yet", file=sys.stderr)
-    return 2
+    """``asyncjobs coordinator``: serve until SIGTERM or Ctrl-C, then exit 0."""
+    if args.state is not None:
+        return _fail("--state is not built yet: the coordinator keeps its state in memory")
+    try:
+        host, port = parse_address(args.listen, default_host="127.0.0.1")
+        http = None if args.http is None else parse_address(args.http,
+                                                             default_host="127.0.0.1")
+        secret = load_secret(args.secret_file)
+        tls = _server_tls(args)
+    except ClusterConfigError as exc:
+        return _fail(str(exc))
+    if not secret and not is_loopback(host):
+        return _fail(f"--listen {args.listen} is reachable from other machines: give the "
+                     f"cluster a secret (ASYNCJOBS_SECRET or --secret-file), or listen on "
+                     f"127.0.0.1")
+    if args.dead_after <= 0:
+        return _fail(f"--dead-after must be above 0, not {args.dead_after}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="asyncjobs coordinator: %(message)s")
+    server = CoordinatorServer(secret=secret, dead_after_s=args.dead_after, tls=tls)
+    from ..api import run
+
+    try:
+        return run(lambda: _serve(server, host, port, http))
+    except (OSError, BaseExceptionGroup) as exc:
+        bind = _os_error(exc)
+        if bind is None:
+            raise
+        return _fail(f"cannot listen on {args.listen}: {bind.strerror or bind}")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` of a failed bind, alone or inside task groups' exception groups."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _serve(server: CoordinatorServer, host: str, port: int,
+                 http: tuple[str, int] | None) -> int:
+    loop = asyncio.get_running_loop()
+    web = None
+    try:
+        async with anyio.create_task_group() as tg:
+            bound = await tg.start(functools.partial(server.serve, host, port))
+            print(f"asyncjobs coordinator: listening on {_shown(*bound)}", file=sys.stderr,
+                  flush=True)
+            if http is not None:
+                from .http import start_http
+
+                web = await start_http(server, *http)
+                for addr in web.addresses:
+                    print(f"asyncjobs coordinator: http on {_shown(addr[0], addr[1])}",
+                          file=sys.stderr, flush=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, functools.partial(_stop, tg.cancel_scope))
+            tg.start_soon(systemd.keep_watchdog_fed)
+            systemd.notify("READY=1")
+    finally:
+        if web is not None:
+            with anyio.CancelScope(shield=True):
+                await web.cleanup()
+    print("asyncjobs coordinator: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _stop(scope: anyio.CancelScope) -> None:
+    systemd.notify("STOPPING=1")
+    scope.cancel()
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    try:
+        return tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)[0]
+    except (OSError, ValueError) as exc:
+        raise ClusterConfigError(f"cannot load the TLS files: {exc}") from None

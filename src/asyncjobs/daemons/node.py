@@ -1,14 +1,231 @@
-"""``asyncjobs node`` (placeholder until the node lands)."""
+"""``asyncjobs node``: a supervisor that runs one loop process per core (SPEC sections 4
+and 6).
+
+How this works:
+
+1. ``main`` checks the flags and reads the secret, then removes ``ASYNCJOBS_SECRET``
+   from this process's environment before anything starts: loops, jobs and workers
+   never see it. Each loop gets its settings, the secret as hex among them, as one JSON
+   line on its stdin (never argv, never the environment: both are readable in
+   ``/proc``), and the pipe stays open so the loop sees the supervisor die.
+2. The node's cpu workers are a budget for the host, split across the loops: loop ``i``
+   gets ``cpu // loops`` plus one for ``i < cpu % loops``. A loop with none runs no cpu
+   jobs (it registers a cpu capacity of 0) and starts no pool.
+3. A loop process that dies is started again after a delay that doubles from
+   ``RESTART_FIRST_S`` up to ``RESTART_CAP_S``, back to the first once a loop ran for
+   ``RESTART_RESET_AFTER_S``: a loop that cannot start does not spin.
+4. SIGTERM or SIGINT: forwarded as SIGTERM to every loop (each drains: queued attempts
+   go back to the coordinator, running ones get ``--drain-timeout``); loops still alive
+   ``STOP_GRACE_S`` after that are killed. Exit 0. Only processes we started are
+   signalled, by PID.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import socket
 import sys
+import time
 from typing import TYPE_CHECKING
+
+from ..auth import SECRET_ENV, load_secret, parse_address
+from ..errors import ClusterConfigError
+from .loop import LoopSettings
 
 if TYPE_CHECKING:
     import argparse
 
+log = logging.getLogger("asyncjobs.node")
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+#: io attempts each loop runs at once, unless --io-concurrency says
+DEFAULT_IO_CONCURRENCY = 100
+#: restart delays of a loop process that died
+RESTART_FIRST_S = 0.5
+RESTART_CAP_S = 10.0
+RESTART_RESET_AFTER_S = 30.0
+#: after the drain timeout, how long loops may take to say goodbye before SIGKILL
+STOP_GRACE_S = 5.0
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_share(total: int, loops: int, index: int) -> int:
+    """Loop ``index``'s share of ``total`` cpu workers split over ``loops`` loops."""
+    return total // loops + (1 if index < total % loops else 0)
+
+
+def settings_from_args(args: argparse.Namespace, secret: bytes) -> list[LoopSettings]:
+    """Each loop's settings.
+
+    :raises ClusterConfigError: for a flag value that cannot work, saying which
+    """
+    host, port = parse_address(args.connect)
+    if port == 0:
+        raise ClusterConfigError(f"--connect {args.connect}: the coordinator's port "
+                                 "cannot be 0")
+    cores = usable_cores()
+    loops = cores if args.loops is None else args.loops
+    if loops < 1:
+        raise ClusterConfigError(f"--loops must be at least 1, not {loops}")
+    cpu = cores if args.cpu_workers is None else args.cpu_workers
+    if cpu < 0:
+        raise ClusterConfigError(f"--cpu-workers must be 0 or more, not {cpu}")
+    io = DEFAULT_IO_CONCURRENCY if args.io_concurrency is None else args.io_concurrency
+    if io < 1:
+        raise ClusterConfigError(f"--io-concurrency must be at least 1, not {io}")
+    drain = args.drain_timeout
+    if not (math.isfinite(drain) and drain >= 0):
+        raise ClusterConfigError(f"--drain-timeout must be 0 or more seconds, not {drain}")
+    name = socket.gethostname() if args.name is None else args.name
+    if not name.strip() or not name.isprintable():
+        raise ClusterConfigError(f"--name must be printable text, not {name!r}")
+    tls = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls) and not all(tls):
+        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    threads = max(1, min(32, cores + 4) // loops)
+    made = [LoopSettings(host=host, port=port, secret=secret, index=i, loops=loops,
+                         name=name, cpu_workers=cpu_share(cpu, loops, i),
+                         io_concurrency=io, thread_workers=threads,
+                         drain_timeout_s=float(drain), tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, tls_ca=args.tls_ca)
+            for i in range(loops)]
+    if all(tls):
+        try:
+            made[0].client_tls()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ClusterConfigError(f"TLS: {exc}") from None
+    return made
+
 
 def main(args: argparse.Namespace) -> int:
-    print("asyncjobs: error: asyncjobs node is not built yet", file=sys.stderr)
-    return 2
+    """Run ``asyncjobs node``; the process's exit code."""
+    try:
+        secret = load_secret(args.secret_file)
+    except ClusterConfigError as exc:
+        return _fail(str(exc))
+    os.environ.pop(SECRET_ENV, None)  # before any process starts
+    try:
+        settings = settings_from_args(args, secret)
+    except ClusterConfigError as exc:
+        return _fail(str(exc))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s asyncjobs node {settings[0].name} "
+                               f"[%(levelname)s] %(message)s")
+    return asyncio.run(Supervisor(settings).run())
+
+
+def _fail(message: str) -> int:
+    print(f"asyncjobs: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+class Supervisor:
+    """Starts the loop processes, restarts those that die, stops them on a signal."""
+
+    def __init__(self, settings: list[LoopSettings]) -> None:
+        self.settings = settings
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        s = self.settings[0]
+        log.info("node %s: %d loops, connecting to %s:%d", s.name, len(self.settings),
+                 s.host, s.port)
+        tasks = [asyncio.create_task(self._keep(one)) for one in self.settings]
+        try:
+            await self._stopping.wait()
+            log.info("node %s: stopping: the loops drain (up to %g s)", s.name,
+                     s.drain_timeout_s)
+            for proc in list(self._procs.values()):
+                _signal(proc, signal.SIGTERM)
+            done, pending = await asyncio.wait(
+                tasks, timeout=s.drain_timeout_s + STOP_GRACE_S)
+            for proc in list(self._procs.values()):
+                if proc.returncode is None:
+                    log.warning("node %s: loop pid %d did not stop in time; killing it",
+                                s.name, proc.pid)
+                    _signal(proc, signal.SIGKILL)
+            if pending:
+                await asyncio.wait(pending, timeout=STOP_GRACE_S)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for proc in list(self._procs.values()):
+                if proc.returncode is None:
+                    _signal(proc, signal.SIGKILL)
+                    await proc.wait()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("node %s: stopped", s.name)
+        return EXIT_OK
+
+    async def _keep(self, settings: LoopSettings) -> None:
+        """Keep one loop process running until the node stops."""
+        delay = RESTART_FIRST_S
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            code = await self._run_once(settings)
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - began >= RESTART_RESET_AFTER_S:
+                delay = RESTART_FIRST_S
+            log.warning("node %s: loop %d exited (code %s); starting it again in %.1f s",
+                        settings.name, settings.index, code, delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(RESTART_CAP_S, delay * 2)
+
+    async def _run_once(self, settings: LoopSettings) -> int | None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "asyncjobs.daemons._loop_main",
+                stdin=asyncio.subprocess.PIPE, close_fds=True)
+        except OSError as exc:
+            log.error("node %s: cannot start loop %d: %s", settings.name, settings.index,
+                      exc)
+            return None
+        self._procs[settings.index] = proc
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(settings.to_json()).encode() + b"\n")
+            try:
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            log.info("node %s: loop %d started (pid %d)", settings.name, settings.index,
+                     proc.pid)
+            return await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled: the node is going down
+                await asyncio.shield(self._reap(proc))
+            if proc.stdin is not None:
+                proc.stdin.close()
+            self._procs.pop(settings.index, None)
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        _signal(proc, signal.SIGKILL)
+        await proc.wait()
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,105 @@
+"""Entry of one loop process of ``asyncjobs node``:
+``python -m asyncjobs.daemons._loop_main``, its settings as one JSON line on stdin.
+
+The settings (the secret among them) come on stdin, never in argv or the environment,
+which other users of the machine may read in ``/proc``. Stdin then stays open: its end
+means the supervisor is gone (even killed with SIGKILL), and the loop stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+
+
+def _read_line(fd: int) -> bytes:
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def main() -> int:
+    from .loop import LoopSettings
+
+    line = _read_line(0)
+    try:
+        settings = LoopSettings.from_json(json.loads(line))
+    except (ValueError, TypeError, KeyError) as exc:
+        print(f"asyncjobs: error: a loop process got no valid settings on stdin: "
+              f"{type(exc).__name__}", file=sys.stderr)
+        return 2
+    # Keep the supervisor's pipe on a private descriptor (not inherited), and give jobs
+    # and their children /dev/null as stdin: none of them holds the pipe open.
+    watch_fd = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s asyncjobs node {settings.name} loop {settings.index} "
+               f"[%(levelname)s] %(message)s")
+    import anyio
+
+    code = anyio.run(_run, settings, watch_fd, backend="asyncio",
+                     backend_options={"use_uvloop": _have_uvloop()})
+    from ..executors.thread import calls_in_threads
+
+    if calls_in_threads():  # Python would wait for a thread job forever at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return False
+    return True
+
+
+async def _run(settings: object, watch_fd: int) -> int:
+    import asyncio
+
+    from .loop import LoopProcess, LoopSettings
+
+    assert isinstance(settings, LoopSettings)
+    proc = LoopProcess(settings)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, proc.request_stop)
+    loop.add_signal_handler(signal.SIGINT, proc.request_stop)
+
+    def supervisor_readable() -> None:
+        try:
+            data = os.read(watch_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(watch_fd)
+            logging.getLogger("asyncjobs.node").warning(
+                "%s: the node's supervisor is gone; stopping", proc.tag)
+            proc.request_stop(hurry=True)
+
+    os.set_blocking(watch_fd, False)
+    loop.add_reader(watch_fd, supervisor_readable)
+    try:
+        await proc.run()
+    finally:
+        loop.remove_reader(watch_fd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""One loop process of ``asyncjobs node``: an event loop running an ``Engine`` for the
+attempts a coordinator assigns it over one link.
+
+How this works:
+
+1. ``LoopProcess.run`` connects, registers, and runs a session until the link is lost;
+   then it cancels what the engine runs (the coordinator requeues those attempts),
+   waits with exponential backoff and full jitter, and connects again, forever. Only a
+   stop request (SIGTERM, SIGINT, the supervisor gone) ends it.
+2. A session has three tasks: the reader (reads the link continuously: the transport
+   buffers nothing otherwise), the sender (the only task that writes: a ``send`` cut
+   short breaks the link, so nothing else may be cancelled mid-write) and the heartbeat.
+   Everything to send goes through one outbox; results ended in one loop iteration
+   leave together, in one ``Result`` frame.
+3. Each assigned attempt runs as an engine job ``"job#attempt"`` with no retries (the
+   coordinator owns retries) and is answered exactly once, in the session it came in:
+   a result from an earlier session is dropped (its attempt was requeued already).
+4. Draining (SIGTERM): attempts not started yet go back in one ``Drain`` and get no
+   ``Result``; running ones may finish within the drain timeout, then are cancelled
+   ("the node stopped"); then ``Goodbye``.
+5. A coordinator silent for ``SILENCE_S`` is gone, as is a link that breaks or ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgpack
+
+from ..backend import Entry
+from ..engine import CPU_PREFETCH, Engine
+from ..errors import ConnectionFailed, HandshakeFailed
+from ..executors.remote import NodeCalls
+from ..executors.shell import ShellGuard
+from ..model import ErrorInfo, JobKind, JobStatus
+from ..protocol import (
+    Assign,
+    AttemptRef,
+    AttemptResult,
+    AttemptSpec,
+    Cancel,
+    Drain,
+    Error,
+    FrameTooLarge,
+    Goodbye,
+    Heartbeat,
+    Message,
+    Register,
+    Result,
+    Role,
+    UnencodableValue,
+)
+from ..transport import Link, connect, tls_contexts
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Mapping
+
+    from ..core.commands import JobFinished
+    from ..executors.base import Executor, Sink
+
+log = logging.getLogger("asyncjobs.node")
+
+#: seconds between our heartbeats
+HEARTBEAT_S = 1.0
+#: a coordinator that sent nothing for this long is gone
+SILENCE_S = 5.0
+#: reconnect delays: the first bound, doubled each failure up to the cap (full jitter)
+BACKOFF_FIRST_S = 0.1
+BACKOFF_CAP_S = 5.0
+#: a link that lived this long resets the backoff (a link that dies at once does not)
+BACKOFF_RESET_AFTER_S = 10.0
+#: a failed handshake (wrong secret) is logged at most this often
+HANDSHAKE_LOG_EVERY_S = 60.0
+#: results per ``Result`` frame at most (a frame too large for the peer is split further)
+RESULTS_PER_FRAME = 1000
+#: how long cancelled attempts may take to end when the link is lost or we stop
+CANCEL_WAIT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    """What one loop process needs; the supervisor sends it as JSON on stdin."""
+
+    host: str
+    port: int
+    #: the cluster secret (never logged, never in argv or the environment)
+    secret: bytes = dataclasses.field(repr=False)
+    #: this loop's index, from 0, and the node's loop count
+    index: int
+    loops: int
+    #: the node's name (``Register.node``; ``where`` in errors)
+    name: str
+    #: cpu worker processes of this loop (its share of the node's); 0: runs no cpu jobs
+    cpu_workers: int
+    #: io attempts at once
+    io_concurrency: int
+    #: threads for thread jobs
+    thread_workers: int
+    #: on SIGTERM, how long running attempts may take to finish
+    drain_timeout_s: float = 30.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["secret"] = self.secret.hex()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LoopSettings:
+        """:raises ValueError: for a malformed secret; :raises TypeError: missing fields"""
+        return cls(**{**data, "secret": bytes.fromhex(data["secret"])})
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
+            return None
+        return tls_contexts(self.tls_cert, self.tls_key, self.tls_ca)[1]
+
+
+def node_engine(settings: LoopSettings) -> Engine:
+    """The loop's engine. Its cpu attempts are held one per worker (no prefetch inside
+    the pool): the coordinator prefetches already, and an attempt the pool has not
+    started must show as queued, so that a drain can hand it back."""
+    from ..executors.cpu import CpuPool
+    from ..executors.io import IoExecutor
+    from ..executors.thread import ThreadExecutor
+
+    cpu = settings.cpu_workers
+
+    def executors(sink: Sink) -> dict[JobKind, Executor]:
+        made: dict[JobKind, Executor] = {
+            JobKind.IO: IoExecutor(sink),
+            JobKind.THREAD: ThreadExecutor(sink, settings.thread_workers)}
+        if cpu:
+            made[JobKind.CPU] = CpuPool(sink, cpu, prefetch=CPU_PREFETCH)
+        return made
+
+    concurrency: dict[JobKind, int | None] = {
+        JobKind.IO: settings.io_concurrency, JobKind.CPU: cpu or None,
+        JobKind.THREAD: settings.thread_workers}
+    return Engine(executors, concurrency)
+
+
+@dataclass(slots=True)
+class _Held:
+    """An attempt this loop holds, from its ``Assign`` to its one ``Result``."""
+
+    job_id: str
+    attempt: int
+    session: int
+    started: float | None = None
+    #: handed back by a drain: it gets no result
+    returned: bool = False
+    #: why it was cancelled here, when it was (the error its result carries)
+    cancel_reason: str | None = None
+
+
+class _LinkLost(Exception):
+    """The session's link is gone (broken, ended, silent): reconnect."""
+
+
+class LoopProcess:
+    """The loop: an engine, and links to the coordinator one after another.
+
+    :param settings: this loop's settings
+    :param rng: the jitter of reconnect delays
+    """
+
+    def __init__(self, settings: LoopSettings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.tag = f"node {settings.name} loop {settings.index}"
+        self._rng = rng or random.Random()
+        self._tls = settings.client_tls()
+        self._guard = ShellGuard()
+        self._calls = NodeCalls(shell_guard=self._guard)
+        self.engine = node_engine(settings)
+        self._held: dict[str, _Held] = {}
+        self._by_job: dict[str, set[str]] = {}
+        self._session = 0
+        self._link: Link | None = None
+        self._outbox: list[Message] = []
+        self._results: list[AttemptResult] = []
+        self._wake = anyio.Event()
+        self._stop = anyio.Event()
+        #: True: stop without draining (a second signal, the supervisor gone)
+        self._hurry = False
+        self._last_handshake_log = -HANDSHAKE_LOG_EVERY_S
+        #: connection attempts made (tests and logs)
+        self.connects = 0
+        #: the drain is over: the sender stops once its outbox is empty
+        self._drained = False
+
+    # -- control ------------------------------------------------------------------------
+
+    def request_stop(self, *, hurry: bool = False) -> None:
+        """Drain and stop (SIGTERM); with ``hurry``, stop at once.
+
+        A second SIGTERM is no hurry: systemd signals every process of the unit and the
+        supervisor forwards its own, so a loop commonly gets two."""
+        self._hurry = self._hurry or hurry
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Serve coordinators until asked to stop; close the engine either way."""
+        try:
+            await self._serve_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+
+    async def _serve_forever(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            link = await self._connect()
+            if link is not None and self._stop.is_set():
+                await link.aclose("draining")
+                return
+            if link is not None:
+                began = time.monotonic()
+                try:
+                    await self._run_session(link)
+                finally:
+                    await self._end_session(link)
+                if time.monotonic() - began >= BACKOFF_RESET_AFTER_S:
+                    failures = 0
+            if self._stop.is_set():
+                return
+            bound = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** min(failures, 16))
+            failures += 1
+            with anyio.move_on_after(self._rng.uniform(0, bound)):
+                await self._stop.wait()
+
+    async def _connect(self) -> Link | None:
+        s = self.settings
+        self.connects += 1
+        try:
+            link = await connect(s.host, s.port, role=Role.NODE, secret=s.secret,
+                                 tls=self._tls)
+        except HandshakeFailed as exc:
+            now = time.monotonic()
+            if now - self._last_handshake_log >= HANDSHAKE_LOG_EVERY_S:
+                self._last_handshake_log = now
+                log.error("%s: the handshake with %s failed (retrying; logged once a "
+                          "minute): %s", self.tag, exc.address, exc.cause)
+            return None
+        except ConnectionFailed as exc:
+            log.info("%s: cannot connect: %s", self.tag, exc)
+            return None
+        except OSError as exc:
+            log.info("%s: cannot connect to %s:%s: %s", self.tag, s.host, s.port, exc)
+            return None
+        return link
+
+    # -- one session --------------------------------------------------------------------
+
+    async def _run_session(self, link: Link) -> None:
+        s = self.settings
+        self._session += 1
+        self._link = link
+        self._outbox = [Register(s.name, s.index, s.loops, {
+            JobKind.IO: s.io_concurrency, JobKind.CPU: s.cpu_workers,
+            JobKind.THREAD: s.thread_workers})]
+        self._results = []
+        log.info("%s: connected to %s; registering", self.tag, link.address)
+        try:
+            async with anyio.create_task_group() as tg:
+                sender_done = anyio.Event()
+                tg.start_soon(self._sender, link, sender_done)
+                tg.start_soon(self._heartbeats)
+                tg.start_soon(self._reader, link)
+                await self._stop.wait()
+                await self._drain()
+                self._wake.set()
+                with anyio.move_on_after(CANCEL_WAIT_S):
+                    await sender_done.wait()
+                tg.cancel_scope.cancel()
+        except* _LinkLost as group:
+            log.warning("%s: lost the link with %s: %s", self.tag, link.address,
+                        group.exceptions[0])
+        except* (anyio.BrokenResourceError, anyio.ClosedResourceError) as group:
+            log.warning("%s: lost the link with %s: %s", self.tag, link.address,
+                        group.exceptions[0])
+        except* Exception as group:  # a bug of ours: say so, and start over on a new link
+            log.error("%s: the session with %s failed", self.tag, link.address,
+                      exc_info=group.exceptions[0])
+
+    async def _end_session(self, link: Link) -> None:
+        with anyio.CancelScope(shield=True):
+            self._session += 1  # what ends from here on belongs to no link
+            self._link = None
+            self._cancel_all("cancelled: the link to the coordinator was lost")
+            await link.aclose("draining" if self._stop.is_set() else "")
+            with anyio.move_on_after(CANCEL_WAIT_S):
+                await self.engine.wait_idle()
+            self._outbox.clear()
+            self._results.clear()
+
+    async def _reader(self, link: Link) -> None:
+        while True:
+            try:
+                with anyio.fail_after(SILENCE_S):
+                    msg = await link.receive()
+            except TimeoutError:
+                raise _LinkLost(f"the coordinator was silent for {SILENCE_S:g} s") from None
+            except anyio.EndOfStream:
+                raise _LinkLost("the coordinator closed the link") from None
+            if isinstance(msg, Assign):
+                self._assign(msg.attempts)
+            elif isinstance(msg, Cancel):
+                self._cancel_jobs(msg.job_ids, msg.reason)
+            elif isinstance(msg, Error):
+                log.error("%s: the coordinator says: %s: %s", self.tag, msg.code,
+                          msg.message)
+            elif isinstance(msg, Goodbye):
+                raise _LinkLost(f"the coordinator said goodbye ({msg.reason})")
+            elif not isinstance(msg, Heartbeat):
+                log.warning("%s: ignored an unexpected %s", self.tag, type(msg).__name__)
+
+    async def _heartbeats(self) -> None:
+        seq = 0
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            self._post(Heartbeat(seq))
+            seq += 1
+
+    def _post(self, msg: Message) -> None:
+        self._outbox.append(msg)
+        self._wake.set()
+
+    async def _sender(self, link: Link, done: anyio.Event) -> None:
+        """The only writer: what was posted, then the results, in as few writes as
+        possible. Returns once the outbox is empty after a stop."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await anyio.lowlevel.checkpoint()  # results of this iteration join the batch
+            msgs, self._outbox = self._outbox, []
+            results, self._results = self._results, []
+            for start in range(0, len(results), RESULTS_PER_FRAME):
+                msgs.append(Result(tuple(results[start:start + RESULTS_PER_FRAME])))
+            for msg in msgs:
+                await self._send(link, msg)
+            if self._stop.is_set() and self._drained and not self._outbox \
+                    and not self._results:
+                done.set()
+                return
+
+    async def _send(self, link: Link, msg: Message) -> None:
+        try:
+            await link.send(msg)
+        except UnencodableValue:
+            assert isinstance(msg, Result)
+            await link.send(Result(tuple(self._encodable(r) for r in msg.results)))
+        except FrameTooLarge:
+            if not isinstance(msg, Result):
+                raise
+            items = msg.results
+            if len(items) > 1:
+                half = len(items) // 2
+                await self._send(link, Result(items[:half]))
+                await self._send(link, Result(items[half:]))
+            else:
+                r = items[0]
+                await link.send(Result((dataclasses.replace(
+                    r, value=None, error=self._error(
+                        "ResultTooLarge", f"{r.job_id}: its result is larger than the "
+                        "coordinator accepts in one frame", retryable=False)),)))
+
+    def _encodable(self, r: AttemptResult) -> AttemptResult:
+        try:
+            msgpack.packb(r.value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return dataclasses.replace(r, value=None, error=self._error(
+                "UnencodableValue",
+                f"{r.job_id}: its result cannot travel as msgpack: {exc}", retryable=False))
+        return r
+
+    def _error(self, type_name: str, message: str, *, retryable: bool = True,
+               timed_out: bool = False) -> ErrorInfo:
+        return ErrorInfo(type_name, message, timed_out=timed_out, retryable=retryable,
+                         where=self.settings.name)
+
+    # -- attempts -----------------------------------------------------------------------
+
+    def _assign(self, attempts: tuple[AttemptSpec, ...]) -> None:
+        entries = []
+        returned = []
+        for spec in attempts:
+            key = f"{spec.job_id}#{spec.attempt}"
+            if key in self._held:
+                log.warning("%s: %s was assigned twice; ignored", self.tag, key)
+                continue
+            if self._stop.is_set():
+                returned.append(AttemptRef(spec.job_id, spec.attempt))
+                continue
+            held = _Held(spec.job_id, spec.attempt, self._session)
+            try:
+                call, kind = self._calls.build(spec.target, spec.args, spec.kwargs,
+                                               spec.kind, spec.timeout_s)
+                if kind is JobKind.CPU and not self.settings.cpu_workers:
+                    raise ValueError(f"{spec.job_id}: a cpu job, and this loop of node "
+                                     f"{self.settings.name} has no cpu workers")
+            except Exception as exc:
+                info = dataclasses.replace(
+                    ErrorInfo.from_exception(exc, retryable=False), where=self.settings.name)
+                self._results.append(AttemptResult(spec.job_id, spec.attempt, None, info, 0.0))
+                self._wake.set()
+                continue
+            self._held[key] = held
+            self._by_job.setdefault(spec.job_id, set()).add(key)
+            entries.append(Entry(key, kind, self._ended_callback(key, held), call=call,
+                                 retries=0, on_start=self._started_callback(held)))
+        if returned:
+            self._post(Drain(tuple(returned)))
+        if entries:
+            self.engine.submit(*entries)
+
+    @staticmethod
+    def _started_callback(held: _Held) -> Any:
+        def started(attempt: int) -> None:
+            held.started = time.monotonic()
+        return started
+
+    def _ended_callback(self, key: str, held: _Held) -> Any:
+        def ended(done: JobFinished) -> None:
+            self._ended(key, held, done)
+        return ended
+
+    def _ended(self, key: str, held: _Held, done: JobFinished) -> None:
+        self._held.pop(key, None)
+        keys = self._by_job.get(held.job_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_job[held.job_id]
+        if held.returned or held.session != self._session:
+            return
+        duration = 0.0 if held.started is None else time.monotonic() - held.started
+        value = None
+        if done.status is JobStatus.SUCCEEDED:
+            value, error = done.result, None
+        elif done.status is JobStatus.CANCELLED:
+            error = self._error("CancelledError", held.cancel_reason or "cancelled")
+        else:
+            error = done.error or self._error("Error", "the attempt failed")
+            error = dataclasses.replace(error, where=self.settings.name)
+        self._results.append(AttemptResult(held.job_id, held.attempt, value, error,
+                                           duration))
+        self._wake.set()
+
+    def _cancel_jobs(self, job_ids: tuple[str, ...], reason: str) -> None:
+        why = f"cancelled by the coordinator{': ' + reason if reason else ''}"
+        for job_id in job_ids:
+            for key in list(self._by_job.get(job_id, ())):
+                held = self._held.get(key)
+                if held is not None and held.cancel_reason is None:
+                    held.cancel_reason = why
+                    self.engine.cancel(key, why)
+
+    def _cancel_all(self, why: str) -> None:
+        for key, held in list(self._held.items()):
+            if held.cancel_reason is None:
+                held.cancel_reason = why
+                self.engine.cancel(key, why)
+
+    # -- draining and stopping ----------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Hand back what has not started, let the rest finish (bounded), answer it."""
+        returned = []
+        count = len(self._held)
+        if not self._hurry:
+            for key, held in list(self._held.items()):
+                if self.engine.status(key) is not JobStatus.RUNNING:
+                    held.returned = True
+                    returned.append(AttemptRef(held.job_id, held.attempt))
+                    self.engine.cancel(key, "handed back: the node is draining")
+            self._post(Drain(tuple(returned)))
+            log.info("%s: draining: %d attempts handed back, %d running", self.tag,
+                     len(returned), count - len(returned))
+            with anyio.move_on_after(self.settings.drain_timeout_s):
+                while self._held and not self._hurry:
+                    with anyio.move_on_after(0.1):
+                        await self.engine.wait_idle()
+        self._cancel_all("the node stopped before the attempt finished")
+        with anyio.move_on_after(CANCEL_WAIT_S):
+            await self.engine.wait_idle()
+        self._drained = True
+
+    async def _shutdown(self) -> None:
+        self._cancel_all("the node stopped before the attempt finished")
+        try:
+            await self.engine.aclose(cancel=True)
+        finally:
+            try:
+                await self._calls.aclose()
+            finally:
+                await self._guard.aclose()
+        log.info("%s: stopped", self.tag)

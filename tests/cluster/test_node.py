@@ -1,0 +1,276 @@
+"""``asyncjobs node`` with a real coordinator: loops register and run jobs, a killed loop
+comes back, the secret stays out of every child, a wrong secret retries slowly, a
+restarted coordinator is found again, SIGTERM drains and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import psutil
+import pytest
+
+from asyncjobs.protocol import Role
+from asyncjobs.protocol.messages import JobOutcome, JobSpec, Outcome, Submit
+from asyncjobs.transport import Link, connect
+
+from .harness import Coordinator, Node, wait_for_nodes
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = "node-test-secret-7f3a9c"
+HERE = "tests.cluster.test_node"
+
+
+# -- jobs the nodes run (imported there by reference) ------------------------------------
+
+
+async def secret_seen() -> dict[str, Any]:
+    """What a job sees of the secret: its environment, and its loop's pid."""
+    return {"env": os.environ.get("ASYNCJOBS_SECRET"), "pid": os.getpid()}
+
+
+def cpu_secret_seen() -> dict[str, Any]:
+    return {"env": os.environ.get("ASYNCJOBS_SECRET"), "pid": os.getpid()}
+
+
+def _append(path: str, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+async def ledger(path: str, seconds: float) -> int:
+    """Note its start and end in a shared file; the pid of its loop."""
+    _append(path, "+\n")
+    await asyncio.sleep(seconds)
+    _append(path, "-\n")
+    return os.getpid()
+
+
+async def marked_sleep(marker: str, seconds: float, value: object) -> object:
+    _append(marker, "started")
+    await asyncio.sleep(seconds)
+    return value
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def spec(job_id: str, target: str, *args: Any, kind: str | None = "io") -> JobSpec:
+    return JobSpec(job_id, target, tuple(args), None, kind, None, 0, None, ())  # type: ignore[arg-type]
+
+
+class Client:
+    """A raw client link: ``Submit`` jobs, collect their ``Outcome`` items."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.outcomes: dict[str, JobOutcome] = {}
+
+    async def submit(self, *jobs: JobSpec) -> None:
+        await self.link.send(Submit(jobs))
+
+    async def wait(self, job_ids: Sequence[str], timeout_s: float = 20.0
+                   ) -> dict[str, JobOutcome]:
+        with anyio.fail_after(timeout_s):
+            while not all(j in self.outcomes for j in job_ids):
+                msg = await self.link.receive()
+                if isinstance(msg, Outcome):
+                    self.outcomes.update((o.job_id, o) for o in msg.jobs)
+        return {j: self.outcomes[j] for j in job_ids}
+
+
+async def client(coord: Coordinator, secret: str = SECRET) -> Client:
+    link = await connect(coord.host, coord.port, role=Role.CLIENT, secret=secret.encode())
+    return Client(link)
+
+
+def slots(loops: int, cpu_workers: int, io: int = 100) -> int:
+    """A node's slots once all its loops registered (the supervisor's split)."""
+    threads = max(1, min(32, len(os.sched_getaffinity(0)) + 4) // loops)
+    return loops * (io + threads) + cpu_workers
+
+
+def loop_pids(node: Node) -> list[int]:
+    return [p.pid for p in psutil.Process(node.pid).children()
+            if "asyncjobs.daemons._loop_main" in " ".join(p.cmdline())]
+
+
+def wait_until(check: Any, timeout_s: float = 20.0, what: str = "") -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or check}")
+
+
+def succeeded(outcomes: dict[str, JobOutcome]) -> dict[str, Any]:
+    bad = {k: (o.status, o.error) for k, o in outcomes.items() if o.status != "succeeded"}
+    assert not bad, bad
+    return {k: o.value for k, o in outcomes.items()}
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Iterator[Coordinator]:
+    c = Coordinator(tmp_path, secret=SECRET)
+    with c:
+        yield c
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+async def test_two_loops_register_run_jobs_and_never_see_the_secret(
+        tmp_path: Path, coord: Coordinator) -> None:
+    node = Node(tmp_path, coord.address, "n2", loops=2, cpu_workers=1, secret=SECRET)
+    with node:
+        nodes = await wait_for_nodes(coord, ["n2"], loops=2, slots=slots(2, 1))
+        assert nodes["n2"].alive
+        c = await client(coord)
+        async with c.link:
+            jobs = [spec(f"io{i}", f"{HERE}:secret_seen") for i in range(12)]
+            jobs.append(spec("cpu", f"{HERE}:cpu_secret_seen", kind="cpu"))
+            await c.submit(*jobs)
+            values = succeeded(await c.wait([j.job_id for j in jobs]))
+        loops = loop_pids(node)
+        assert len(loops) == 2
+        assert {values[f"io{i}"]["pid"] for i in range(12)} == set(loops)  # both loops ran
+        assert all(v["env"] is None for v in values.values())
+        assert values["cpu"]["pid"] not in loops  # a cpu worker, below a loop
+        for proc in psutil.Process(node.pid).children(recursive=True):
+            for part in ("cmdline", "environ"):
+                assert SECRET.encode() not in Path(f"/proc/{proc.pid}/{part}").read_bytes()
+        assert SECRET not in node.text()
+        assert node.stop() == 0
+
+
+async def test_a_killed_loop_is_started_again_and_registers_again(
+        tmp_path: Path, coord: Coordinator) -> None:
+    node = Node(tmp_path, coord.address, "k", loops=2, cpu_workers=0, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["k"], loops=2, slots=slots(2, 0))
+        first = wait_until(lambda: len(loop_pids(node)) == 2 and loop_pids(node))
+        os.kill(first[0], signal.SIGKILL)
+        again = wait_until(lambda: (len(p := loop_pids(node)) == 2 and first[0] not in p
+                                    and p), what="a new loop process")
+        assert first[1] in again
+        node.wait_for_line(r"loop \d exited \(code -9\)")
+        await wait_for_nodes(coord, ["k"], loops=2, slots=slots(2, 0))
+        c = await client(coord)
+        async with c.link:
+            jobs = [spec(f"j{i}", f"{HERE}:secret_seen") for i in range(8)]
+            await c.submit(*jobs)
+            values = succeeded(await c.wait([j.job_id for j in jobs]))
+        assert {v["pid"] for v in values.values()} == set(again)
+        assert node.stop() == 0
+
+
+async def test_a_wrong_secret_never_runs_a_job_and_retries_slowly(
+        tmp_path: Path, coord: Coordinator) -> None:
+    marker = tmp_path / "ran"
+    node = Node(tmp_path, coord.address, "w", loops=1, cpu_workers=0,
+                secret="not-the-secret")
+    with node:
+        node.wait_for_line("handshake with .* failed")
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("m", f"{HERE}:marked_sleep", str(marker), 0, 1))
+            began = coord.text().count("authentication failed")
+            await anyio.sleep(2.0)
+            tries = coord.text().count("authentication failed") - began
+            assert not c.outcomes
+        assert 1 <= tries <= 12, tries  # backoff from 0.1 s doubling, with jitter
+        assert not marker.exists()
+        assert node.text().count("handshake with") == 1  # logged once a minute at most
+        assert "not-the-secret" not in node.text()
+        assert node.stop() == 0
+
+
+async def test_the_node_reconnects_after_the_coordinator_restarts(tmp_path: Path) -> None:
+    first = Coordinator(tmp_path, secret=SECRET, name="first")
+    try:
+        node = Node(tmp_path, first.address, "r", loops=1, cpu_workers=0, secret=SECRET)
+        with node:
+            await wait_for_nodes(first, ["r"])
+            port = first.port
+            assert first.stop() == 0
+            node.wait_for_line("lost the link|closed the link|said goodbye")
+            second = Coordinator(tmp_path, "--listen", f"127.0.0.1:{port}",
+                                 secret=SECRET, name="second")
+            with second:
+                await wait_for_nodes(second, ["r"])
+                c = await client(second)
+                async with c.link:
+                    await c.submit(spec("after", f"{HERE}:secret_seen"))
+                    succeeded(await c.wait(["after"]))
+            assert node.stop() == 0
+    finally:
+        first.stop()
+
+
+async def test_sigterm_drains_running_jobs_exits_0_and_leaves_no_process(
+        tmp_path: Path, coord: Coordinator) -> None:
+    marker = tmp_path / "started"
+    node = Node(tmp_path, coord.address, "t", loops=2, cpu_workers=2, secret=SECRET)
+    try:
+        await wait_for_nodes(coord, ["t"], loops=2, slots=slots(2, 2))
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("cpu", "tests.jobs:square", 3, kind="cpu"))
+            assert succeeded(await c.wait(["cpu"])) == {"cpu": 9}
+            family = psutil.Process(node.pid).children(recursive=True)
+            await c.submit(spec("slow", f"{HERE}:marked_sleep", str(marker), 1.0, "done"))
+            await anyio.to_thread.run_sync(wait_until, marker.exists)
+            node.signal(signal.SIGTERM)
+            assert succeeded(await c.wait(["slow"])) == {"slow": "done"}
+        assert await anyio.to_thread.run_sync(node.proc.wait, 15) == 0
+        gone, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive, alive
+        assert "draining" in node.text()
+    finally:
+        node.stop()
+
+
+async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
+        tmp_path: Path, coord: Coordinator) -> None:
+    path = tmp_path / "ledger"
+    node = Node(tmp_path, coord.address, "io", "--io-concurrency", "2", loops=1,
+                cpu_workers=1, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["io"])
+        c = await client(coord)
+        async with c.link:
+            jobs = [spec(f"l{i}", f"{HERE}:ledger", str(path), 0.15) for i in range(8)]
+            await c.submit(*jobs)
+            succeeded(await c.wait([j.job_id for j in jobs]))
+        running = most = 0
+        for line in path.read_text().split():
+            running += 1 if line == "+" else -1
+            most = max(most, running)
+        assert most == 2
+        assert node.stop() == 0
+
+
+def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .harness import daemon_env
+
+    for args in (["--loops", "0"], ["--io-concurrency", "0"], ["--cpu-workers", "-1"],
+                 ["--drain-timeout", "-1"], ["--tls-cert", "x"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncjobs", "node", "--connect", "127.0.0.1:9", *args],
+            capture_output=True, text=True, timeout=30, env=daemon_env(SECRET))
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith("asyncjobs: error: ") and done.stderr.count("\n") == 1

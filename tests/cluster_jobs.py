@@ -1,0 +1,36 @@
+"""Jobs for the cluster tests: module-level, so nodes import them by name."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+async def ledger(path: str, i: int, seconds: float = 0.002) -> int:
+    """Append ``i`` to a ledger (one line per execution, from any process), then return it."""
+    await asyncio.sleep(seconds)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{i}\n".encode())
+    finally:
+        os.close(fd)
+    return i
+
+
+async def kill_my_node(path: str) -> None:
+    """Kill the loop process this io job runs in, every time (a ledger line per run)."""
+    await ledger(path, os.getpid(), 0)
+    os._exit(9)
+
+
+def kill_my_worker() -> None:
+    """Kill the cpu worker process this job runs in."""
+    os._exit(7)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def environment(name: str) -> str | None:
+    return os.environ.get(name)
