@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ HANDSHAKE_LOG_EVERY_S = 60.0
 RESULTS_PER_FRAME = 1000
 #: how long cancelled attempts may take to end when the link is lost or we stop
 CANCEL_WAIT_S = 5.0
+#: what a loop writes on its status pipe
+PULSE, REGISTERED = b".", b"R"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class LoopSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    #: a pipe to the supervisor: ``PULSE`` every ``HEARTBEAT_S`` while the event loop
+    #: turns, ``REGISTERED`` once a ``Register`` went out (None: no supervisor)
+    status_fd: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -212,10 +218,29 @@ class LoopProcess:
     async def run(self) -> None:
         """Serve coordinators until asked to stop; close the engine either way."""
         try:
-            await self._serve_forever()
+            async with anyio.create_task_group() as tg:
+                if self.settings.status_fd is not None:
+                    tg.start_soon(self._pulse)
+                await self._serve_forever()
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
+
+    def _tell_supervisor(self, what: bytes) -> None:
+        fd = self.settings.status_fd
+        if fd is not None:
+            try:
+                os.write(fd, what)
+            except (BlockingIOError, BrokenPipeError, OSError):
+                pass  # a full pipe: the supervisor is behind, the next pulse will do
+
+    async def _pulse(self) -> None:
+        """Tell the supervisor that this event loop still turns (a loop stuck in a job
+        that never yields is killed and started again: the coordinator cannot see it)."""
+        while True:
+            self._tell_supervisor(PULSE)
+            await anyio.sleep(HEARTBEAT_S)
 
     async def _serve_forever(self) -> None:
         failures = 0
@@ -270,7 +295,6 @@ class LoopProcess:
             JobKind.IO: s.io_concurrency, JobKind.CPU: s.cpu_workers,
             JobKind.THREAD: s.thread_workers})]
         self._results = []
-        log.info("%s: connected to %s; registering", self.tag, link.address)
         try:
             async with anyio.create_task_group() as tg:
                 sender_done = anyio.Event()
@@ -357,6 +381,9 @@ class LoopProcess:
     async def _send(self, link: Link, msg: Message) -> None:
         try:
             await link.send(msg)
+            if isinstance(msg, Register):
+                log.info("%s: registered with %s", self.tag, link.address)
+                self._tell_supervisor(REGISTERED)
         except UnencodableValue:
             assert isinstance(msg, Result)
             await link.send(Result(tuple(self._encodable(r) for r in msg.results)))
