@@ -43,6 +43,14 @@ def cpu_secret_seen() -> dict[str, Any]:
     return {"env": os.environ.get("ASYNCJOBS_SECRET"), "pid": os.getpid()}
 
 
+async def unencodable() -> object:
+    return {1, 2}
+
+
+async def huge(size: int) -> bytes:
+    return b"x" * size
+
+
 def _append(path: str, text: str) -> None:
     with open(path, "a") as f:
         f.write(text)
@@ -330,3 +338,44 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30, env=daemon_env(SECRET))
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.startswith("asyncjobs: error: ") and done.stderr.count("\n") == 1
+
+
+async def test_results_msgpack_cannot_carry_fail_alone(
+        tmp_path: Path, coord: Coordinator) -> None:
+    node = Node(tmp_path, coord.address, "u", loops=1, cpu_workers=0, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["u"])
+        c = await client(coord)
+        async with c.link:
+            jobs = [spec("set", f"{HERE}:unencodable"), spec("big", f"{HERE}:huge", 17 << 20),
+                    *(spec(f"ok{i}", f"{HERE}:secret_seen") for i in range(5))]
+            await c.submit(*jobs)
+            done = await c.wait([j.job_id for j in jobs])
+        assert done["set"].status == "failed" and done["set"].error is not None
+        assert done["set"].error.type_name == "UnencodableValue"
+        assert "cannot travel as msgpack" in done["set"].error.message
+        assert done["set"].error.where == "u"
+        assert done["big"].status == "failed" and done["big"].error is not None
+        assert done["big"].error.type_name == "ResultTooLarge"
+        assert all(done[f"ok{i}"].status == "succeeded" for i in range(5))
+        assert node.stop() == 0
+
+
+async def test_a_node_joins_a_tls_cluster(tmp_path: Path,
+                                         tls_files: tuple[Path, Path, Path]) -> None:
+    from asyncjobs.transport import tls_contexts
+
+    cert, key, ca = tls_files
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
+    coord = Coordinator(tmp_path, *tls, secret=SECRET)
+    with coord:
+        node = Node(tmp_path, coord.address, "tls", *tls, loops=1, cpu_workers=0,
+                    secret=SECRET)
+        with node:
+            link = await connect(coord.host, coord.port, role=Role.CLIENT,
+                                 secret=SECRET.encode(), tls=tls_contexts(cert, key, ca)[1])
+            async with link:
+                c = Client(link)
+                await c.submit(spec("t", f"{HERE}:secret_seen"))
+                succeeded(await c.wait(["t"]))
+            assert node.stop() == 0

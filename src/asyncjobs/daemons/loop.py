@@ -51,11 +51,11 @@ from ..protocol import (
     FrameTooLarge,
     Goodbye,
     Heartbeat,
+    LocalProtocolError,
     Message,
     Register,
     Result,
     Role,
-    UnencodableValue,
 )
 from ..transport import Link, connect, tls_contexts
 
@@ -203,6 +203,8 @@ class LoopProcess:
         self.connects = 0
         #: the drain is over: the sender stops once its outbox is empty
         self._drained = False
+        #: the connection attempt in progress (a stop cancels it)
+        self._connecting = anyio.CancelScope()
 
     # -- control ------------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class LoopProcess:
         A second SIGTERM is no hurry: systemd signals every process of the unit and the
         supervisor forwards its own, so a loop commonly gets two."""
         self._hurry = self._hurry or hurry
+        self._connecting.cancel()
         self._stop.set()
         self._wake.set()
 
@@ -268,8 +271,13 @@ class LoopProcess:
         s = self.settings
         self.connects += 1
         try:
-            link = await connect(s.host, s.port, role=Role.NODE, secret=s.secret,
-                                 tls=self._tls)
+            with anyio.CancelScope() as self._connecting:
+                if self._stop.is_set():
+                    return None
+                link = await connect(s.host, s.port, role=Role.NODE, secret=s.secret,
+                                     tls=self._tls)
+            if self._connecting.cancelled_caught:
+                return None  # stopped meanwhile
         except HandshakeFailed as exc:
             now = time.monotonic()
             if now - self._last_handshake_log >= HANDSHAKE_LOG_EVERY_S:
@@ -384,9 +392,6 @@ class LoopProcess:
             if isinstance(msg, Register):
                 log.info("%s: registered with %s", self.tag, link.address)
                 self._tell_supervisor(REGISTERED)
-        except UnencodableValue:
-            assert isinstance(msg, Result)
-            await link.send(Result(tuple(self._encodable(r) for r in msg.results)))
         except FrameTooLarge:
             if not isinstance(msg, Result):
                 raise
@@ -401,14 +406,30 @@ class LoopProcess:
                     r, value=None, error=self._error(
                         "ResultTooLarge", f"{r.job_id}: its result is larger than the "
                         "coordinator accepts in one frame", retryable=False)),)))
+        except LocalProtocolError:
+            if not isinstance(msg, Result) or all(
+                    self._encodable(r) is r for r in msg.results):
+                raise
+            # UnencodableValue names one job; mend every item that needs it, once
+            await self._send(link, Result(tuple(self._encodable(r) for r in msg.results)))
 
     def _encodable(self, r: AttemptResult) -> AttemptResult:
+        """``r`` as msgpack can carry it: a value it cannot carry fails the attempt, and
+        an error's text with unencodable characters (lone surrogates) is mended."""
         try:
             msgpack.packb(r.value)
         except (TypeError, ValueError, OverflowError) as exc:
-            return dataclasses.replace(r, value=None, error=self._error(
+            r = dataclasses.replace(r, value=None, error=self._error(
                 "UnencodableValue",
                 f"{r.job_id}: its result cannot travel as msgpack: {exc}", retryable=False))
+        if r.error is not None:
+            try:
+                msgpack.packb(r.error.to_wire())
+            except (TypeError, ValueError, OverflowError):
+                e = r.error
+                r = dataclasses.replace(r, error=dataclasses.replace(
+                    e, type_name=_mend(e.type_name), message=_mend(e.message),
+                    traceback=_mend(e.traceback), where=_mend(e.where)))
         return r
 
     def _error(self, type_name: str, message: str, *, retryable: bool = True,
@@ -533,3 +554,7 @@ class LoopProcess:
             finally:
                 await self._guard.aclose()
         log.info("%s: stopped", self.tag)
+
+
+def _mend(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
