@@ -134,10 +134,14 @@ class ClusterBackend:
         """Send jobs to the coordinator with everything else submitted in this loop
         iteration.
 
-        :raises RunnerClosed: once closing, or after the link was lost
+        After the link was lost the jobs fail (soon, not inside this call: a refill
+        made from a job's ``finished`` must not raise into it).
+
+        :raises RunnerClosed: once closed
         :raises ValueError: for an id already in use (nothing of the call is taken)
         """
-        self._check_open()
+        if self._closing:
+            self._check_open()
         known = self._entries
         for entry in entries:
             if entry.job_id in known:
@@ -147,6 +151,9 @@ class ClusterBackend:
         for entry in entries:
             known[entry.job_id] = entry
             self._pending[entry.job_id] = entry
+        if self.lost is not None:
+            asyncio.get_running_loop().call_soon(self._fail_pending)
+            return
         self._flush_soon()
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
@@ -454,6 +461,8 @@ class ClusterBackend:
         self._cancelling.discard(job_id)
         try:
             entry.finished(done)
+        except Exception:  # a bug in a callback must not stop the reader
+            log.exception("finishing job %s failed", job_id)
         finally:
             self._idle.set()
 
@@ -464,6 +473,16 @@ class ClusterBackend:
     def _fail_id(self, job_id: str, error: ErrorInfo) -> None:
         entry = self._entries.get(job_id)
         if entry is not None:
+            self._fail(entry, error)
+
+    def _lost_error(self) -> ErrorInfo:
+        return ErrorInfo("ConnectionLost", f"the connection to the coordinator at "
+                         f"{self.address} was lost ({self.lost})", retryable=False)
+
+    def _fail_pending(self) -> None:
+        batch, self._pending = self._pending, {}
+        error = self._lost_error()
+        for entry in batch.values():
             self._fail(entry, error)
 
     def _lose(self, reason: str) -> None:
@@ -478,8 +497,9 @@ class ClusterBackend:
                     f"({reason})"))
         if self._closing and not self._entries:
             return
-        error = ErrorInfo("ConnectionLost", f"the connection to the coordinator at "
-                          f"{self.address} was lost ({reason})", retryable=False)
+        error = self._lost_error()
+        self._pending.clear()
+        self._cancels.clear()
         for entry in list(self._entries.values()):
             self._fail(entry, error)
         self._wake_sender.set()
@@ -495,6 +515,14 @@ class ClusterFlowRun(FlowRun):
         self.cluster = backend
         self.file = file
         self.flow_id = self.scope
+
+    def _feed(self, running: Any) -> None:
+        if self.cluster.lost is not None:
+            # nothing more can run: the job ends failed with the items it sent
+            running.exhausted = running.failed = True
+            self._maybe_finished(running)
+            return
+        super()._feed(running)
 
     def _flow_status(self, state: str) -> FlowStatus:
         total = self.total if self.total is not None else self.done
@@ -586,22 +614,26 @@ class Cluster(JobsApi):
 
     @property
     def backend(self) -> ClusterBackend:
-        """The open link's backend (internal, for the command line and tests)."""
+        """The open link's backend (internal, for the command line and tests).
+
+        :raises RunnerClosed: if the cluster is not open, or its link was lost
+        """
         if self._client is None:
             raise RunnerClosed("the cluster is not open: use "
                                "'async with asyncjobs.connect(address) as cluster'")
+        self._client._check_open()
         return self._client
 
     def _backend(self) -> Backend:
         return self.backend
 
-    async def status(self) -> StatusReply:
+    async def status(self, *, timeout_s: float = 10.0) -> StatusReply:
         """The cluster's nodes and flows, as ``asyncjobs status`` shows them.
 
         :raises RunnerClosed: if the link is gone
-        :raises TimeoutError: if the coordinator does not answer within 10 s
+        :raises TimeoutError: if the coordinator does not answer within ``timeout_s``
         """
-        return await self.backend.request_status()
+        return await self.backend.request_status(timeout_s)
 
     def _flow_run(self, backend: Backend, plan: FlowPlan, path: str | Path, *,
                   env: Mapping[str, str], store: RunStore, resume: bool,
