@@ -37,7 +37,6 @@ def _kill_node_hard(node: Node) -> None:
     psutil.wait_procs(procs, timeout=5)
 
 
-@pytest.mark.skip(reason="needs asyncjobs run --connect, landing this session")
 async def test_kill_9_of_a_node_mid_flow_loses_nothing_and_records_each_job_once(
         tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
