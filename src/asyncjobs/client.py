@@ -26,7 +26,7 @@ import logging
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -38,6 +38,7 @@ from .executors.remote import to_wire
 from .flowrun import FlowRun
 from .model import ErrorInfo, JobKind, JobStatus
 from .protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
     Cancel,
     ClusterInfo,
     DeclareLimits,
@@ -56,11 +57,12 @@ from .protocol import (
     Submit,
 )
 from .protocol.messages import encode
+from .transport import Link
 from .transport import connect as open_link
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Iterable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -69,7 +71,6 @@ if TYPE_CHECKING:
     from .flow.plan import FlowPlan
     from .report import FlowReport
     from .store import RunStore
-    from .transport import Link
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,26 @@ FLUSH_WAIT_S = 5.0
 FLOW_STATUS_EVERY_S = 1.0
 
 
+class ClientLink(Protocol):
+    """What the client needs of its link: a ``transport.Link``, or a coordinator's
+    ``LocalLink`` in this very process."""
+
+    #: the coordinator's address, for messages
+    address: str
+
+    async def send_many(self, msgs: Iterable[Message]) -> None: ...
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+    async def aclose(self, reason: str = "") -> None: ...
+
+
 class ClusterBackend:
     """A ``Backend`` over one link (role client) to a coordinator.
 
-    :param link: an authenticated link (``transport.connect(..., role=Role.CLIENT)``)
+    :param link: an authenticated link (``transport.connect(..., role=Role.CLIENT)``),
+        or a ``LocalLink``
     """
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: ClientLink) -> None:
         self.link = link
         self.address = link.address
         #: unfinished jobs, sent or not
@@ -368,7 +382,9 @@ class ClusterBackend:
     def _first_unsendable(self, batch: list[Message]) -> tuple[int, list[Message]] | None:
         """The first message of ``batch`` the link refuses, and what to send instead: a
         ``Submit`` without the jobs that cannot travel (they fail), or split to fit."""
-        limit = self.link.peer.max_frame_bytes
+        link = self.link
+        limit = (link.peer.max_frame_bytes if isinstance(link, Link)
+                 else DEFAULT_MAX_FRAME_BYTES)
         for index, msg in enumerate(batch):
             try:
                 size = len(encode(msg))

@@ -316,3 +316,50 @@ async def test_a_lost_coordinator_fails_the_unfinished_jobs_and_submit_raises(
                 cluster.submit(client_jobs.nap, 2, 0)
     finally:
         coord.stop()
+
+
+async def test_a_cancelled_task_cancels_its_jobs_on_the_cluster(two_nodes: Coordinator,
+                                                                 tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+
+    async def body() -> None:
+        async with asyncjobs.connect(two_nodes.address, secret=SECRET) as cluster:
+            await cluster.map(client_jobs.mark_and_sleep, [str(marks)] * 2, [30] * 2)
+
+    with anyio.move_on_after(10) as scope:  # anyio's cancellation, level-triggered
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(body)
+            await wait_for_lines(marks, "started", 2)
+            started = time.monotonic()
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught and time.monotonic() - started < 6
+    with anyio.fail_after(5):
+        while await busy_slots(two_nodes):  # noqa: ASYNC110 - status is asked, not told
+            await anyio.sleep(0.05)
+    assert "ended" not in marks.read_text()
+
+
+def test_a_flow_with_limits_shell_steps_and_resume(two_nodes: Coordinator,
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "jobs.yaml").write_text(textwrap.dedent(f"""
+        limits:
+          one: 1
+        jobs:
+          hello: {{shell: "echo hello from $0"}}
+          slow:
+            foreach: {{range: 4}}
+            limit: one
+            call: {JOBS}:nap
+            args: ["{{{{ item }}}}", 0.2]
+    """))
+    started = time.monotonic()
+    r = cli("run", "jobs.yaml", "--connect", two_nodes.address, "--report", "r.json",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    records = {j["id"]: j for j in json.loads((tmp_path / "r.json").read_text())["jobs"]}
+    slow = sorted((records[f"slow[{i}]"]["start"], records[f"slow[{i}]"]["end"])
+                  for i in range(4))
+    assert all(a[1] <= b[0] for a, b in zip(slow, slow[1:], strict=False)), slow  # one at once
+    assert time.monotonic() - started > 0.8
+    r = cli("run", "jobs.yaml", "--connect", two_nodes.address, "--resume", cwd=tmp_path)
+    assert r.returncode == 0 and "5 resumed" in r.stderr, r.stderr
