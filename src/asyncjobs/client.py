@@ -86,6 +86,9 @@ CANCEL_WAIT_S = 5.0
 FLUSH_WAIT_S = 5.0
 #: seconds between a flow's progress reports to the coordinator
 FLOW_STATUS_EVERY_S = 1.0
+#: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
+#: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
+CLUSTER_INFO_WAIT_S = 2.0
 
 
 class ClientLink(Protocol):
@@ -121,6 +124,8 @@ class ClusterBackend:
         self._scopes: set[str] = set()
         self._capacity: dict[JobKind, int] = {}
         self._nodes = 0
+        #: set once the first ``ClusterInfo`` arrived
+        self.informed = asyncio.Event()
         self._outbox: list[Message] = []
         self._wake_sender = asyncio.Event()
         self._flush_due = False
@@ -438,6 +443,7 @@ class ClusterBackend:
                     assert isinstance(msg, ClusterInfo)
                     self._capacity = dict(msg.capacity)
                     self._nodes = msg.nodes
+                    self.informed.set()
                 elif kind is StatusReply:
                     assert isinstance(msg, StatusReply)
                     reply = self._replies.get(msg.request_id)
@@ -599,7 +605,8 @@ class Cluster(JobsApi):
         self._tag = f"{os.getpid()}-{secrets.token_hex(3)}"
 
     async def __aenter__(self) -> Cluster:
-        """Link with the coordinator (returns after the handshake; nodes may come later).
+        """Link with the coordinator. Returns after the handshake and the coordinator's
+        first ``ClusterInfo`` (nodes may come later: jobs wait for them).
 
         :raises ConnectionFailed: nobody listens there, the peer is not an asyncjobs
             coordinator, or it does not share our secret (``HandshakeFailed``); the
@@ -613,8 +620,15 @@ class Cluster(JobsApi):
                else secret.encode() if isinstance(secret, str) else secret)
         link = await open_link(self._host, self._port, role=Role.CLIENT, secret=key,
                                tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
-        self._client = ClusterBackend(link)
-        self._client.start()
+        client = self._client = ClusterBackend(link)
+        client.start()
+        try:
+            with anyio.move_on_after(CLUSTER_INFO_WAIT_S):
+                await client.informed.wait()
+        except BaseException:
+            self._client = None
+            await client.aclose(cancel=True)
+            raise
         return self
 
     async def __aexit__(

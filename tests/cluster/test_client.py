@@ -363,3 +363,19 @@ def test_a_flow_with_limits_shell_steps_and_resume(two_nodes: Coordinator,
     assert time.monotonic() - started > 0.8
     r = cli("run", "jobs.yaml", "--connect", two_nodes.address, "--resume", cwd=tmp_path)
     assert r.returncode == 0 and "5 resumed" in r.stderr, r.stderr
+
+
+def test_something_that_is_not_asyncjobs_is_one_line_and_exit_2() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        with subprocess.Popen([sys.executable, "-m", "asyncjobs", "status", "--connect",
+                               address], stderr=subprocess.PIPE, text=True,
+                              env=daemon_env(SECRET)) as status_cmd:
+            peer, _ = listener.accept()
+            with peer:
+                peer.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n" + b" " * 64)
+                _, err = status_cmd.communicate(timeout=15)
+    assert status_cmd.returncode == 2
+    one_line_naming(err, address)
