@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from .backend import JobEntry
 from .engine import Engine, local_engine
 from .errors import JobCancelled, RunnerClosed, job_exception
+from .eventloop import run as run
 from .executors.base import Call
 from .mapper import MapRun
 from .model import JobKind, JobStatus
@@ -414,20 +415,3 @@ class Runner(JobsApi):
 
     def _backend(self) -> Backend:
         return self.engine
-
-
-def run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool = True) -> T:
-    """Run ``main()`` on a new event loop: uvloop where it is installed, else asyncio's.
-
-    :param main: an ``async def`` taking no arguments
-    :param use_uvloop: set False to force asyncio's own loop
-    :returns: what ``main()`` returns
-    """
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - platforms without uvloop
-            pass
-        else:
-            return uvloop.run(main())
-    return asyncio.run(main())

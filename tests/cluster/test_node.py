@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from asyncjobs.protocol import Role
-from asyncjobs.protocol.messages import JobOutcome, JobSpec, Outcome, Submit
+from asyncjobs.protocol.messages import Cancel, JobOutcome, JobSpec, Outcome, Submit
 from asyncjobs.transport import Link, connect
 
 from .harness import Coordinator, Node, wait_for_nodes
@@ -40,6 +41,14 @@ async def secret_seen() -> dict[str, Any]:
 
 def cpu_secret_seen() -> dict[str, Any]:
     return {"env": os.environ.get("ASYNCJOBS_SECRET"), "pid": os.getpid()}
+
+
+async def unencodable() -> object:
+    return {1, 2}
+
+
+async def huge(size: int) -> bytes:
+    return b"x" * size
 
 
 def _append(path: str, text: str) -> None:
@@ -244,10 +253,16 @@ async def test_sigterm_drains_running_jobs_exits_0_and_leaves_no_process(
 async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
         tmp_path: Path, coord: Coordinator) -> None:
     path = tmp_path / "ledger"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
     node = Node(tmp_path, coord.address, "io", "--io-concurrency", "2", loops=1,
-                cpu_workers=1, secret=SECRET)
-    with node:
+                cpu_workers=1, secret=SECRET, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    with node, notify:
+        assert await anyio.to_thread.run_sync(notify.recv, 100) == b"READY=1"
         await wait_for_nodes(coord, ["io"])
+        for pid in loop_pids(node):
+            assert b"NOTIFY_SOCKET" not in Path(f"/proc/{pid}/environ").read_bytes()
         c = await client(coord)
         async with c.link:
             jobs = [spec(f"l{i}", f"{HERE}:ledger", str(path), 0.15) for i in range(8)]
@@ -258,6 +273,55 @@ async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
             running += 1 if line == "+" else -1
             most = max(most, running)
         assert most == 2
+        assert node.stop() == 0
+        assert notify.recv(100) == b"STOPPING=1"
+
+
+async def test_sigterm_hands_queued_attempts_back_and_they_run_elsewhere(
+        tmp_path: Path, coord: Coordinator) -> None:
+    a = Node(tmp_path, coord.address, "a", "--io-concurrency", "1", loops=1, cpu_workers=0,
+             secret=SECRET)
+    b: Node | None = None
+    try:
+        await wait_for_nodes(coord, ["a"])
+        c = await client(coord)
+        async with c.link:
+            markers = [tmp_path / f"m{i}" for i in range(3)]
+            await c.submit(*(spec(f"s{i}", f"{HERE}:marked_sleep", str(m), 1.0, i)
+                             for i, m in enumerate(markers)))
+            first = await anyio.to_thread.run_sync(
+                wait_until, lambda: [m for m in markers if m.exists()])
+            a.signal(signal.SIGTERM)  # before b exists: a must hand the other two back
+            b = Node(tmp_path, coord.address, "b", loops=1, cpu_workers=0, secret=SECRET)
+            done = await c.wait([f"s{i}" for i in range(3)])
+            assert succeeded(done) == {f"s{i}": i for i in range(3)}
+            ran_on_a = {k for k, o in done.items() if o.node == "a"}
+            assert ran_on_a == {f"s{markers.index(first[0])}"}  # the one running
+            assert all(o.attempts == 1 for o in done.values())  # handed back: no new try
+        assert await anyio.to_thread.run_sync(a.proc.wait, 15) == 0
+        assert "2 attempts handed back" in a.text()
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+async def test_a_cancelled_job_stops_on_its_node(tmp_path: Path, coord: Coordinator) -> None:
+    marker = tmp_path / "started"
+    node = Node(tmp_path, coord.address, "c", loops=1, cpu_workers=0, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["c"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("long", f"{HERE}:marked_sleep", str(marker), 30, None))
+            await anyio.to_thread.run_sync(wait_until, marker.exists)
+            began = time.monotonic()
+            await c.link.send(Cancel(("long",), (), "test"))
+            done = await c.wait(["long"], timeout_s=10)
+            assert done["long"].status == "cancelled"
+            assert time.monotonic() - began < 5
+            await c.submit(spec("next", f"{HERE}:secret_seen"))
+            succeeded(await c.wait(["next"]))
         assert node.stop() == 0
 
 
@@ -274,3 +338,44 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30, env=daemon_env(SECRET))
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.startswith("asyncjobs: error: ") and done.stderr.count("\n") == 1
+
+
+async def test_results_msgpack_cannot_carry_fail_alone(
+        tmp_path: Path, coord: Coordinator) -> None:
+    node = Node(tmp_path, coord.address, "u", loops=1, cpu_workers=0, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["u"])
+        c = await client(coord)
+        async with c.link:
+            jobs = [spec("set", f"{HERE}:unencodable"), spec("big", f"{HERE}:huge", 17 << 20),
+                    *(spec(f"ok{i}", f"{HERE}:secret_seen") for i in range(5))]
+            await c.submit(*jobs)
+            done = await c.wait([j.job_id for j in jobs])
+        assert done["set"].status == "failed" and done["set"].error is not None
+        assert done["set"].error.type_name == "UnencodableValue"
+        assert "cannot travel as msgpack" in done["set"].error.message
+        assert done["set"].error.where == "u"
+        assert done["big"].status == "failed" and done["big"].error is not None
+        assert done["big"].error.type_name == "ResultTooLarge"
+        assert all(done[f"ok{i}"].status == "succeeded" for i in range(5))
+        assert node.stop() == 0
+
+
+async def test_a_node_joins_a_tls_cluster(tmp_path: Path,
+                                         tls_files: tuple[Path, Path, Path]) -> None:
+    from asyncjobs.transport import tls_contexts
+
+    cert, key, ca = tls_files
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
+    coord = Coordinator(tmp_path, *tls, secret=SECRET)
+    with coord:
+        node = Node(tmp_path, coord.address, "tls", *tls, loops=1, cpu_workers=0,
+                    secret=SECRET)
+        with node:
+            link = await connect(coord.host, coord.port, role=Role.CLIENT,
+                                 secret=SECRET.encode(), tls=tls_contexts(cert, key, ca)[1])
+            async with link:
+                c = Client(link)
+                await c.submit(spec("t", f"{HERE}:secret_seen"))
+                succeeded(await c.wait(["t"]))
+            assert node.stop() == 0

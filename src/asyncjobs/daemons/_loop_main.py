@@ -90,6 +90,9 @@ async def _run(settings: object, watch_fd: int) -> int:
                 "%s: the node's supervisor is gone; stopping", proc.tag)
             proc.request_stop(hurry=True)
 
+    if settings.status_fd is not None:  # ours alone: no job's process inherits it
+        os.set_inheritable(settings.status_fd, False)
+        os.set_blocking(settings.status_fd, False)
     os.set_blocking(watch_fd, False)
     loop.add_reader(watch_fd, supervisor_readable)
     try:

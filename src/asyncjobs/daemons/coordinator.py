@@ -324,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="asyncjobs coordinator: %(message)s")
     server = CoordinatorServer(secret=secret, dead_after_s=args.dead_after, tls=tls)
-    from ..api import run
+    from ..eventloop import run
 
     try:
         return run(lambda: _serve(server, host, port, http))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -50,11 +51,11 @@ from ..protocol import (
     FrameTooLarge,
     Goodbye,
     Heartbeat,
+    LocalProtocolError,
     Message,
     Register,
     Result,
     Role,
-    UnencodableValue,
 )
 from ..transport import Link, connect, tls_contexts
 
@@ -82,6 +83,8 @@ HANDSHAKE_LOG_EVERY_S = 60.0
 RESULTS_PER_FRAME = 1000
 #: how long cancelled attempts may take to end when the link is lost or we stop
 CANCEL_WAIT_S = 5.0
+#: what a loop writes on its status pipe
+PULSE, REGISTERED = b".", b"R"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class LoopSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    #: a pipe to the supervisor: ``PULSE`` every ``HEARTBEAT_S`` while the event loop
+    #: turns, ``REGISTERED`` once a ``Register`` went out (None: no supervisor)
+    status_fd: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -197,6 +203,8 @@ class LoopProcess:
         self.connects = 0
         #: the drain is over: the sender stops once its outbox is empty
         self._drained = False
+        #: the connection attempt in progress (a stop cancels it)
+        self._connecting = anyio.CancelScope()
 
     # -- control ------------------------------------------------------------------------
 
@@ -206,16 +214,36 @@ class LoopProcess:
         A second SIGTERM is no hurry: systemd signals every process of the unit and the
         supervisor forwards its own, so a loop commonly gets two."""
         self._hurry = self._hurry or hurry
+        self._connecting.cancel()
         self._stop.set()
         self._wake.set()
 
     async def run(self) -> None:
         """Serve coordinators until asked to stop; close the engine either way."""
         try:
-            await self._serve_forever()
+            async with anyio.create_task_group() as tg:
+                if self.settings.status_fd is not None:
+                    tg.start_soon(self._pulse)
+                await self._serve_forever()
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
+
+    def _tell_supervisor(self, what: bytes) -> None:
+        fd = self.settings.status_fd
+        if fd is not None:
+            try:
+                os.write(fd, what)
+            except (BlockingIOError, BrokenPipeError, OSError):
+                pass  # a full pipe: the supervisor is behind, the next pulse will do
+
+    async def _pulse(self) -> None:
+        """Tell the supervisor that this event loop still turns (a loop stuck in a job
+        that never yields is killed and started again: the coordinator cannot see it)."""
+        while True:
+            self._tell_supervisor(PULSE)
+            await anyio.sleep(HEARTBEAT_S)
 
     async def _serve_forever(self) -> None:
         failures = 0
@@ -243,8 +271,13 @@ class LoopProcess:
         s = self.settings
         self.connects += 1
         try:
-            link = await connect(s.host, s.port, role=Role.NODE, secret=s.secret,
-                                 tls=self._tls)
+            with anyio.CancelScope() as self._connecting:
+                if self._stop.is_set():
+                    return None
+                link = await connect(s.host, s.port, role=Role.NODE, secret=s.secret,
+                                     tls=self._tls)
+            if self._connecting.cancelled_caught:
+                return None  # stopped meanwhile
         except HandshakeFailed as exc:
             now = time.monotonic()
             if now - self._last_handshake_log >= HANDSHAKE_LOG_EVERY_S:
@@ -270,7 +303,6 @@ class LoopProcess:
             JobKind.IO: s.io_concurrency, JobKind.CPU: s.cpu_workers,
             JobKind.THREAD: s.thread_workers})]
         self._results = []
-        log.info("%s: connected to %s; registering", self.tag, link.address)
         try:
             async with anyio.create_task_group() as tg:
                 sender_done = anyio.Event()
@@ -357,9 +389,9 @@ class LoopProcess:
     async def _send(self, link: Link, msg: Message) -> None:
         try:
             await link.send(msg)
-        except UnencodableValue:
-            assert isinstance(msg, Result)
-            await link.send(Result(tuple(self._encodable(r) for r in msg.results)))
+            if isinstance(msg, Register):
+                log.info("%s: registered with %s", self.tag, link.address)
+                self._tell_supervisor(REGISTERED)
         except FrameTooLarge:
             if not isinstance(msg, Result):
                 raise
@@ -374,14 +406,30 @@ class LoopProcess:
                     r, value=None, error=self._error(
                         "ResultTooLarge", f"{r.job_id}: its result is larger than the "
                         "coordinator accepts in one frame", retryable=False)),)))
+        except LocalProtocolError:
+            if not isinstance(msg, Result) or all(
+                    self._encodable(r) is r for r in msg.results):
+                raise
+            # UnencodableValue names one job; mend every item that needs it, once
+            await self._send(link, Result(tuple(self._encodable(r) for r in msg.results)))
 
     def _encodable(self, r: AttemptResult) -> AttemptResult:
+        """``r`` as msgpack can carry it: a value it cannot carry fails the attempt, and
+        an error's text with unencodable characters (lone surrogates) is mended."""
         try:
             msgpack.packb(r.value)
         except (TypeError, ValueError, OverflowError) as exc:
-            return dataclasses.replace(r, value=None, error=self._error(
+            r = dataclasses.replace(r, value=None, error=self._error(
                 "UnencodableValue",
                 f"{r.job_id}: its result cannot travel as msgpack: {exc}", retryable=False))
+        if r.error is not None:
+            try:
+                msgpack.packb(r.error.to_wire())
+            except (TypeError, ValueError, OverflowError):
+                e = r.error
+                r = dataclasses.replace(r, error=dataclasses.replace(
+                    e, type_name=_mend(e.type_name), message=_mend(e.message),
+                    traceback=_mend(e.traceback), where=_mend(e.where)))
         return r
 
     def _error(self, type_name: str, message: str, *, retryable: bool = True,
@@ -506,3 +554,7 @@ class LoopProcess:
             finally:
                 await self._guard.aclose()
         log.info("%s: stopped", self.tag)
+
+
+def _mend(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -18,11 +18,17 @@ How this works:
    go back to the coordinator, running ones get ``--drain-timeout``); loops still alive
    ``STOP_GRACE_S`` after that are killed. Exit 0. Only processes we started are
    signalled, by PID.
+5. Each loop writes on a status pipe: a pulse every second while its event loop turns,
+   and a mark once it registered. A loop silent for ``LOOP_SILENT_S`` is stuck (a job
+   that never yields, say) and is killed, then started again: its link may still be
+   open, so the coordinator cannot tell. The first registration is systemd's
+   ``READY=1``; SIGTERM is ``STOPPING=1``; ``WATCHDOG=1`` follows ``WatchdogSec``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -35,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import SECRET_ENV, load_secret, parse_address
 from ..errors import ClusterConfigError
-from .loop import LoopSettings
+from .loop import REGISTERED, LoopSettings
 
 if TYPE_CHECKING:
     import argparse
@@ -51,6 +57,10 @@ RESTART_CAP_S = 10.0
 RESTART_RESET_AFTER_S = 30.0
 #: after the drain timeout, how long loops may take to say goodbye before SIGKILL
 STOP_GRACE_S = 5.0
+#: a loop whose event loop did not pulse for this long is killed and started again
+LOOP_SILENT_S = 15.0
+#: systemd's variables: ours alone, never a loop's or a job's
+SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def usable_cores() -> int:
@@ -119,10 +129,11 @@ def main(args: argparse.Namespace) -> int:
         settings = settings_from_args(args, secret)
     except ClusterConfigError as exc:
         return _fail(str(exc))
+    systemd = {name: os.environ.pop(name) for name in SYSTEMD_ENV if name in os.environ}
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s asyncjobs node {settings[0].name} "
                                f"[%(levelname)s] %(message)s")
-    return asyncio.run(Supervisor(settings).run())
+    return asyncio.run(Supervisor(settings, Notifier.from_env(systemd)).run())
 
 
 def _fail(message: str) -> int:
@@ -130,12 +141,47 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+class Notifier:
+    """systemd's notification socket (``sd_notify``), or nothing outside systemd.
+
+    :param address: ``$NOTIFY_SOCKET`` (None: not under systemd)
+    :param watchdog_s: ``$WATCHDOG_USEC`` in seconds, when it is meant for us
+    """
+
+    def __init__(self, address: str | None = None, watchdog_s: float | None = None) -> None:
+        self.address = address
+        self.watchdog_s = watchdog_s
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Notifier:
+        watchdog_s = None
+        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            watchdog_s = int(usec) / 1e6
+        return cls(env.get("NOTIFY_SOCKET") or None, watchdog_s)
+
+    def notify(self, state: str) -> None:
+        if not self.address:
+            return
+        address = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(address)
+                sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("cannot notify systemd (%s): %s", state, exc)
+
+
 class Supervisor:
     """Starts the loop processes, restarts those that die, stops them on a signal."""
 
-    def __init__(self, settings: list[LoopSettings]) -> None:
+    def __init__(self, settings: list[LoopSettings], notifier: Notifier | None = None
+                 ) -> None:
         self.settings = settings
+        self.notifier = notifier or Notifier()
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._pulses: dict[int, float] = {}
+        self._ready = False
         self._stopping = asyncio.Event()
 
     async def run(self) -> int:
@@ -146,8 +192,11 @@ class Supervisor:
         log.info("node %s: %d loops, connecting to %s:%d", s.name, len(self.settings),
                  s.host, s.port)
         tasks = [asyncio.create_task(self._keep(one)) for one in self.settings]
+        watch = asyncio.create_task(self._watch())
         try:
             await self._stopping.wait()
+            watch.cancel()
+            self.notifier.notify("STOPPING=1")
             log.info("node %s: stopping: the loops drain (up to %g s)", s.name,
                      s.drain_timeout_s)
             for proc in list(self._procs.values()):
@@ -162,6 +211,7 @@ class Supervisor:
             if pending:
                 await asyncio.wait(pending, timeout=STOP_GRACE_S)
         finally:
+            watch.cancel()
             for task in tasks:
                 task.cancel()
             for proc in list(self._procs.values()):
@@ -191,19 +241,65 @@ class Supervisor:
                 pass
             delay = min(RESTART_CAP_S, delay * 2)
 
-    async def _run_once(self, settings: LoopSettings) -> int | None:
+    async def _watch(self) -> None:
+        """Kill loops whose event loop stopped turning; feed systemd's watchdog."""
+        every = 1.0 if self.notifier.watchdog_s is None else min(
+            1.0, self.notifier.watchdog_s / 2)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for index, proc in list(self._procs.items()):
+                silent = now - self._pulses.get(index, now)
+                if silent > LOOP_SILENT_S and proc.returncode is None:
+                    log.error("node %s: loop %d (pid %d) is stuck: no sign of life for "
+                              "%.0f s; killing it", self.settings[0].name, index, proc.pid,
+                              silent)
+                    _signal(proc, signal.SIGKILL)
+                    self._pulses.pop(index, None)
+            if self.notifier.watchdog_s is not None:
+                self.notifier.notify("WATCHDOG=1")
+
+    def _status(self, index: int, fd: int) -> None:
         try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        self._pulses[index] = time.monotonic()
+        if REGISTERED in data and not self._ready:
+            self._ready = True
+            self.notifier.notify("READY=1")
+
+    async def _run_once(self, settings: LoopSettings) -> int | None:
+        loop = asyncio.get_running_loop()
+        theirs, ours = None, None
+        env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
+        try:
+            ours, theirs = os.pipe()
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "asyncjobs.daemons._loop_main",
-                stdin=asyncio.subprocess.PIPE, close_fds=True)
+                stdin=asyncio.subprocess.PIPE, close_fds=True, pass_fds=(theirs,), env=env)
         except OSError as exc:
             log.error("node %s: cannot start loop %d: %s", settings.name, settings.index,
                       exc)
+            if ours is not None:
+                os.close(ours)
             return None
+        finally:
+            if theirs is not None:
+                os.close(theirs)
         self._procs[settings.index] = proc
+        self._pulses[settings.index] = time.monotonic()
+        os.set_blocking(ours, False)
+        loop.add_reader(ours, self._status, settings.index, ours)
         try:
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps(settings.to_json()).encode() + b"\n")
+            line = json.dumps(dataclasses.replace(settings, status_fd=theirs).to_json())
+            proc.stdin.write(line.encode() + b"\n")
             try:
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
@@ -217,6 +313,9 @@ class Supervisor:
             if proc.stdin is not None:
                 proc.stdin.close()
             self._procs.pop(settings.index, None)
+            self._pulses.pop(settings.index, None)
+            loop.remove_reader(ours)
+            os.close(ours)
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         _signal(proc, signal.SIGKILL)
