@@ -379,3 +379,30 @@ def test_something_that_is_not_asyncjobs_is_one_line_and_exit_2() -> None:
                 _, err = status_cmd.communicate(timeout=15)
     assert status_cmd.returncode == 2
     one_line_naming(err, address)
+
+
+def test_run_connect_starts_no_process_here(two_nodes: Coordinator, tmp_path: Path) -> None:
+    (tmp_path / "jobs.yaml").write_text(textwrap.dedent("""
+        jobs:
+          squares:
+            foreach: {range: 20}
+            call: tests.cluster_jobs:square
+            args: ["{{ item }}"]
+            kind: cpu
+          hello: {shell: "echo hi"}
+    """))
+    code = textwrap.dedent(f"""
+        import subprocess, sys
+        started = []
+        popen_init = subprocess.Popen.__init__
+        def noted(self, args, *rest, **kw):
+            started.append(args)
+            popen_init(self, args, *rest, **kw)
+        subprocess.Popen.__init__ = noted
+        from asyncjobs.cli import main
+        print(main(["run", "jobs.yaml", "--connect", "{two_nodes.address}", "--quiet"]),
+              started)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, env=daemon_env(SECRET), cwd=tmp_path)
+    assert r.stdout.strip() == "0 []", r.stdout + r.stderr
