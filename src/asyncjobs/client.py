@@ -26,7 +26,7 @@ import logging
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -38,6 +38,7 @@ from .executors.remote import to_wire
 from .flowrun import FlowRun
 from .model import ErrorInfo, JobKind, JobStatus
 from .protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
     Cancel,
     ClusterInfo,
     DeclareLimits,
@@ -56,11 +57,12 @@ from .protocol import (
     Submit,
 )
 from .protocol.messages import encode
+from .transport import Link
 from .transport import connect as open_link
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Iterable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -69,7 +71,6 @@ if TYPE_CHECKING:
     from .flow.plan import FlowPlan
     from .report import FlowReport
     from .store import RunStore
-    from .transport import Link
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,31 @@ CANCEL_WAIT_S = 5.0
 FLUSH_WAIT_S = 5.0
 #: seconds between a flow's progress reports to the coordinator
 FLOW_STATUS_EVERY_S = 1.0
+#: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
+#: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
+CLUSTER_INFO_WAIT_S = 2.0
+
+
+class ClientLink(Protocol):
+    """What the client needs of its link: a ``transport.Link``, or a coordinator's
+    ``LocalLink`` in this very process."""
+
+    #: the coordinator's address, for messages
+    address: str
+
+    async def send_many(self, msgs: Iterable[Message]) -> None: ...
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+    async def aclose(self, reason: str = "") -> None: ...
 
 
 class ClusterBackend:
     """A ``Backend`` over one link (role client) to a coordinator.
 
-    :param link: an authenticated link (``transport.connect(..., role=Role.CLIENT)``)
+    :param link: an authenticated link (``transport.connect(..., role=Role.CLIENT)``),
+        or a ``LocalLink``
     """
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: ClientLink) -> None:
         self.link = link
         self.address = link.address
         #: unfinished jobs, sent or not
@@ -107,6 +124,8 @@ class ClusterBackend:
         self._scopes: set[str] = set()
         self._capacity: dict[JobKind, int] = {}
         self._nodes = 0
+        #: set once the first ``ClusterInfo`` arrived
+        self.informed = asyncio.Event()
         self._outbox: list[Message] = []
         self._wake_sender = asyncio.Event()
         self._flush_due = False
@@ -368,7 +387,9 @@ class ClusterBackend:
     def _first_unsendable(self, batch: list[Message]) -> tuple[int, list[Message]] | None:
         """The first message of ``batch`` the link refuses, and what to send instead: a
         ``Submit`` without the jobs that cannot travel (they fail), or split to fit."""
-        limit = self.link.peer.max_frame_bytes
+        link = self.link
+        limit = (link.peer.max_frame_bytes if isinstance(link, Link)
+                 else DEFAULT_MAX_FRAME_BYTES)
         for index, msg in enumerate(batch):
             try:
                 size = len(encode(msg))
@@ -422,6 +443,7 @@ class ClusterBackend:
                     assert isinstance(msg, ClusterInfo)
                     self._capacity = dict(msg.capacity)
                     self._nodes = msg.nodes
+                    self.informed.set()
                 elif kind is StatusReply:
                     assert isinstance(msg, StatusReply)
                     reply = self._replies.get(msg.request_id)
@@ -583,7 +605,8 @@ class Cluster(JobsApi):
         self._tag = f"{os.getpid()}-{secrets.token_hex(3)}"
 
     async def __aenter__(self) -> Cluster:
-        """Link with the coordinator (returns after the handshake; nodes may come later).
+        """Link with the coordinator. Returns after the handshake and the coordinator's
+        first ``ClusterInfo`` (nodes may come later: jobs wait for them).
 
         :raises ConnectionFailed: nobody listens there, the peer is not an asyncjobs
             coordinator, or it does not share our secret (``HandshakeFailed``); the
@@ -597,8 +620,15 @@ class Cluster(JobsApi):
                else secret.encode() if isinstance(secret, str) else secret)
         link = await open_link(self._host, self._port, role=Role.CLIENT, secret=key,
                                tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
-        self._client = ClusterBackend(link)
-        self._client.start()
+        client = self._client = ClusterBackend(link)
+        client.start()
+        try:
+            with anyio.move_on_after(CLUSTER_INFO_WAIT_S):
+                await client.informed.wait()
+        except BaseException:
+            self._client = None
+            await client.aclose(cancel=True)
+            raise
         return self
 
     async def __aexit__(
