@@ -51,6 +51,12 @@ async def huge(size: int) -> bytes:
     return b"x" * size
 
 
+async def block_the_loop(marker: str, seconds: float) -> None:
+    """A job that never yields: its loop's event loop stops turning."""
+    _append(marker, f"{os.getpid()}\n")
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking its event loop is the point
+
+
 def _append(path: str, text: str) -> None:
     with open(path, "a") as f:
         f.write(text)
@@ -379,3 +385,47 @@ async def test_a_node_joins_a_tls_cluster(tmp_path: Path,
                 await c.submit(spec("t", f"{HERE}:secret_seen"))
                 succeeded(await c.wait(["t"]))
             assert node.stop() == 0
+
+
+async def test_a_loop_stuck_in_a_job_is_killed_and_started_again(
+        tmp_path: Path, coord: Coordinator) -> None:
+    """The stuck threshold is shortened to 2 s in this one node process."""
+    import subprocess
+    import sys
+
+    from .harness import REPO, daemon_env
+
+    marker = tmp_path / "stuck"
+    log = tmp_path / "node-stuck.log"
+    code = ("import sys; import asyncjobs.daemons.node as n; n.LOOP_SILENT_S = 2.0; "
+            "from asyncjobs.cli import main; sys.exit(main(sys.argv[1:]))")
+    with open(log, "wb") as out:  # noqa: ASYNC230 - once, before the node starts
+        proc = subprocess.Popen(  # noqa: ASYNC220 - it runs beside this loop
+            [sys.executable, "-c", code, "node", "--connect", coord.address, "--name", "s",
+             "--loops", "1", "--cpu-workers", "0"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=daemon_env(SECRET),
+            cwd=REPO)
+    try:
+        await wait_for_nodes(coord, ["s"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("stuck", f"{HERE}:block_the_loop", str(marker), 30))
+            await anyio.to_thread.run_sync(wait_until, marker.exists)
+            first = int(marker.read_text().split()[0])
+            await anyio.to_thread.run_sync(
+                lambda: wait_until(lambda: "is stuck" in log.read_text(), 15))
+            again = await anyio.to_thread.run_sync(lambda: wait_until(
+                lambda: [p.pid for p in psutil.Process(proc.pid).children()
+                         if p.pid != first], 15))
+            assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+            assert again
+            await c.link.send(Cancel(("stuck",), (), "enough"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code_ = await anyio.to_thread.run_sync(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code_ == 0, log.read_text()

@@ -196,7 +196,7 @@ class LoopProcess:
         self._results: list[AttemptResult] = []
         self._wake = anyio.Event()
         self._stop = anyio.Event()
-        #: True: stop without draining (a second signal, the supervisor gone)
+        #: True: stop without draining (the supervisor is gone)
         self._hurry = False
         self._last_handshake_log = -HANDSHAKE_LOG_EVERY_S
         #: connection attempts made (tests and logs)
@@ -445,7 +445,14 @@ class LoopProcess:
         for spec in attempts:
             key = f"{spec.job_id}#{spec.attempt}"
             if key in self._held:
-                log.warning("%s: %s was assigned twice; ignored", self.tag, key)
+                if self._held[key].session == self._session:
+                    log.warning("%s: %s was assigned twice; ignored", self.tag, key)
+                else:  # a thread job of a lost link, which no one can stop, still runs
+                    self._results.append(AttemptResult(
+                        spec.job_id, spec.attempt, None, self._error(
+                            "Busy", f"{spec.job_id}: attempt {spec.attempt} still runs "
+                            "here from before the link was lost"), 0.0))
+                    self._wake.set()
                 continue
             if self._stop.is_set():
                 returned.append(AttemptRef(spec.job_id, spec.attempt))
