@@ -91,7 +91,7 @@ def test_pure_layers_do_no_io_and_import_nothing_above_them(package: str) -> Non
 LAYERS: dict[str, tuple[str, ...]] = {
     "leaf": ("errors", "model", "config", "marks", "targets", "auth"),
     "pure": ("core", "flow", "protocol"),
-    "adapter": ("executors", "store", "report", "transport"),
+    "adapter": ("executors", "store", "report", "transport", "eventloop"),
     "seam": ("backend",),
     "engine": ("engine",),
     "runs": ("mapper", "flowrun"),

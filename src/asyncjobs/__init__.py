@@ -1,6 +1,6 @@
 """asyncjobs: an asyncio job runner. IO jobs as coroutines, CPU jobs on every core.
 
-``Runner``, ``Job`` and ``run`` load the engine (and asyncio) on first use, so that
+``Runner``, ``Job``, ``run`` and ``connect`` load the engine (and asyncio) on first use, so that
 ``import asyncjobs`` stays light: worker processes import the app's main module, and
 with it this package, every time one starts.
 """
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .api import Job as Job
     from .api import Runner as Runner
     from .api import run as run
+    from .client import connect as connect
 
 __version__ = "0.1.0"
 
@@ -36,11 +37,12 @@ __all__ = (
     "JobStatus",
     "JobTimeout",
     "Runner",
+    "connect",
     "job",
     "run",
 )
 
-_LAZY = {"Job": ".api", "Runner": ".api", "run": ".api"}
+_LAZY = {"Job": ".api", "Runner": ".api", "run": ".api", "connect": ".client"}
 
 
 def __getattr__(name: str) -> Any:

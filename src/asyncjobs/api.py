@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from .backend import JobEntry
 from .engine import Engine, local_engine
 from .errors import JobCancelled, RunnerClosed, job_exception
+from .eventloop import run as run
 from .executors.base import Call
 from .mapper import MapRun
 from .model import JobKind, JobStatus
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .flow.plan import FlowPlan
     from .flowrun import FlowRun
     from .report import FlowReport
+    from .store import RunStore
     from .targets import Target
 
 P = ParamSpec("P")
@@ -131,116 +133,22 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-class Runner:
-    """Runs jobs in this process: ``io`` jobs on the current event loop, ``cpu`` jobs in
-    worker processes, ``thread`` jobs in a thread pool.
+class JobsApi:
+    """What ``Runner`` and a cluster (``connect()``) share: ``submit``, ``map``,
+    ``run_flow`` and ``open_flow``, written against the ``Backend`` alone. A subclass says
+    which backend (``_backend``)."""
 
-    Use it as ``async with Runner() as runner``. Leaving the block normally waits for
-    every submitted job; leaving it with an exception (or cancellation) cancels them.
-    Either way, every worker process has exited when the block ends.
-
-    :param cpu_workers: worker processes for ``cpu`` jobs (default:
-        ``$ASYNCJOBS_CPU_WORKERS`` when set, else the usable cores)
-    :param loops: event loops; 1 embedded (more arrive with the cluster)
-    :param io_concurrency: most ``io`` attempts at once (default: no bound)
-    :param thread_workers: threads for ``thread`` jobs (default: cores + 4, at most 32)
-    :param prestart: entering the Runner returns once its cpu workers are up and ready
-        for a first job (default: they start with the first cpu job)
-    :param warm: start the cpu pool's template process on entering (a few tens of ms
-        of CPU in a process of its own), so that a first cpu job forks its worker in a
-        few ms instead of waiting for an interpreter; set False in a process that runs
-        no cpu jobs
-    :raises ValueError: for a count below 1, or an ``ASYNCJOBS_CPU_WORKERS`` that is not
-        a positive integer
-    """
-
-    def __init__(
-        self,
-        *,
-        cpu_workers: int | None = None,
-        loops: int = 1,
-        io_concurrency: int | None = None,
-        thread_workers: int | None = None,
-        prestart: bool = False,
-        warm: bool = True,
-    ) -> None:
-        if loops != 1:
-            raise ValueError(
-                f"loops={loops}: an embedded Runner drives one event loop; "
-                "several loops per machine come with loop nodes (asyncjobs node --loops N)"
-            )
-        cores = _cpu_count()
-        from_env = os.environ.get("ASYNCJOBS_CPU_WORKERS", "").strip()
-        if cpu_workers is None and from_env:  # SPEC 5; set but empty counts as unset
-            if not (from_env.isascii() and from_env.isdigit() and int(from_env) > 0):
-                raise ValueError(f"ASYNCJOBS_CPU_WORKERS must be a positive integer (the "
-                                 f"number of cpu worker processes), not {from_env!r}")
-            cpu_workers = int(from_env)
-        self.cpu_workers = cores if cpu_workers is None else cpu_workers
-        self.prestart = prestart
-        self.warm = warm
-        self.io_concurrency = io_concurrency
-        self.thread_workers = min(32, cores + 4) if thread_workers is None else thread_workers
-        for name in ("cpu_workers", "thread_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if io_concurrency is not None and io_concurrency < 1:
-            raise ValueError(f"io_concurrency must be at least 1, not {io_concurrency}")
-        self._engine: Engine | None = None
+    def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._scopes = itertools.count(1)
         self._targets: dict[Any, Target] = {}
 
-    async def __aenter__(self) -> Runner:
-        """Open the runner. Its cpu pool's template process starts now, so that the
-        first cpu job does not wait for an interpreter to start; with ``prestart`` the
-        workers start too, and this returns once they are ready.
+    def _backend(self) -> Backend:
+        """The open backend.
 
-        :raises RuntimeError: if this Runner is open already
-        :raises WorkerStartFailed: with ``prestart``, if the cpu workers cannot start
-            (``asyncjobs.errors.WorkerStartFailed``; the message says why, e.g. a main
-            module that starts a Runner when imported)
+        :raises RunnerClosed: if it is not open
         """
-        from .executors.cpu import CpuPool
-
-        if self._engine is not None:
-            raise RuntimeError("this Runner is already open")
-        engine = self._engine = local_engine(
-            cpu_workers=self.cpu_workers,
-            io_concurrency=self.io_concurrency,
-            thread_workers=self.thread_workers,
-        )
-        pool = engine.executors[JobKind.CPU]
-        if isinstance(pool, CpuPool) and (self.warm or self.prestart):
-            ready = pool.prestart(workers=self.prestart)
-            if self.prestart:
-                try:
-                    await ready
-                except BaseException:
-                    try:
-                        await engine.aclose(cancel=True)
-                    finally:
-                        self._engine = None
-                    raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        engine = self._engine
-        assert engine is not None
-        try:
-            await engine.aclose(cancel=exc_type is not None)
-        finally:
-            self._engine = None
-
-    @property
-    def engine(self) -> Engine:
-        """The engine of the open runner (internal, for flows and tests)."""
-        if self._engine is None:
-            raise RunnerClosed("the Runner is not open: use 'async with Runner() as runner'")
-        return self._engine
+        raise NotImplementedError
 
     @overload
     def submit(
@@ -260,12 +168,12 @@ class Runner:
         :raises TypeError: if ``fn`` is not callable
         :raises ImportError: if a ``"module:attribute"`` cannot be imported
         """
-        engine = self.engine
+        backend = self._backend()
         target = self._target(fn)
         job_id = f"{target.name}-{next(self._ids)}"
-        handle: Job[Any] = Job(job_id, engine, asyncio.get_running_loop(), target, args,
+        handle: Job[Any] = Job(job_id, backend, asyncio.get_running_loop(), target, args,
                                kwargs)
-        engine.submit(handle)
+        backend.submit(handle)
         return handle
 
     async def map(
@@ -291,7 +199,7 @@ class Runner:
             jobs still in flight are cancelled
         :raises RunnerClosed: if the runner is not open
         """
-        engine = self.engine
+        backend = self._backend()
         target = self._target(fn)
         if not iterables:
             raise TypeError("map() needs at least one iterable")
@@ -300,7 +208,7 @@ class Runner:
         elif window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         return await MapRun(
-            engine, target, iterables=iterables, window=window,
+            backend, target, iterables=iterables, window=window,
             return_exceptions=return_exceptions, ids=self._ids,
         ).run()
 
@@ -358,16 +266,24 @@ class Runner:
         from .flow.loader import load_flow
         from .flow.plan import plan_flow
         from .flow.yamlnodes import MAX_FLOW_BYTES
-        from .flowrun import FlowRun
         from .store import RunStore
 
-        engine = self.engine
+        backend = self._backend()
         if plan is None:
             plan = plan_flow(load_flow(path, params, max_bytes=max_file_bytes or MAX_FLOW_BYTES))
         run_env = os.environ if env is None else env
-        return FlowRun(engine, plan, env=run_env, store=RunStore(path, plan.spec.name),
-                       resume=resume, scope=f"flow{next(self._scopes)}",
-                       keep_records=keep_records)
+        return self._flow_run(backend, plan, path, env=run_env,
+                              store=RunStore(path, plan.spec.name), resume=resume,
+                              keep_records=keep_records)
+
+    def _flow_run(self, backend: Backend, plan: FlowPlan, path: str | Path, *,
+                  env: Mapping[str, str], store: RunStore, resume: bool,
+                  keep_records: bool) -> FlowRun:
+        """The run of one flow; a cluster's reports its progress to the coordinator."""
+        from .flowrun import FlowRun
+
+        return FlowRun(backend, plan, env=env, store=store, resume=resume,
+                       scope=f"flow{next(self._scopes)}", keep_records=keep_records)
 
     def _target(self, fn: Any) -> Target:
         """``resolve_target``, remembered per callable for this runner's life: a loop of
@@ -381,25 +297,121 @@ class Runner:
             return resolve_target(fn)
 
     def _default_window(self, kind: JobKind) -> int:
-        capacity = self.engine.capacity(kind)
+        capacity = self._backend().capacity(kind)
         if capacity is None:
             return 1024
         # cpu: room for the few jobs each worker holds besides the one it runs
         return max(64, (8 if kind is JobKind.CPU else 2) * capacity)
 
 
-def run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool = True) -> T:
-    """Run ``main()`` on a new event loop: uvloop where it is installed, else asyncio's.
+class Runner(JobsApi):
+    """Runs jobs in this process: ``io`` jobs on the current event loop, ``cpu`` jobs in
+    worker processes, ``thread`` jobs in a thread pool.
 
-    :param main: an ``async def`` taking no arguments
-    :param use_uvloop: set False to force asyncio's own loop
-    :returns: what ``main()`` returns
+    Use it as ``async with Runner() as runner``. Leaving the block normally waits for
+    every submitted job; leaving it with an exception (or cancellation) cancels them.
+    Either way, every worker process has exited when the block ends.
+
+    :param cpu_workers: worker processes for ``cpu`` jobs (default:
+        ``$ASYNCJOBS_CPU_WORKERS`` when set, else the usable cores)
+    :param loops: event loops; 1 embedded (more arrive with the cluster)
+    :param io_concurrency: most ``io`` attempts at once (default: no bound)
+    :param thread_workers: threads for ``thread`` jobs (default: cores + 4, at most 32)
+    :param prestart: entering the Runner returns once its cpu workers are up and ready
+        for a first job (default: they start with the first cpu job)
+    :param warm: start the cpu pool's template process on entering (a few tens of ms
+        of CPU in a process of its own), so that a first cpu job forks its worker in a
+        few ms instead of waiting for an interpreter; set False in a process that runs
+        no cpu jobs
+    :raises ValueError: for a count below 1, or an ``ASYNCJOBS_CPU_WORKERS`` that is not
+        a positive integer
     """
-    if use_uvloop:
+
+    def __init__(
+        self,
+        *,
+        cpu_workers: int | None = None,
+        loops: int = 1,
+        io_concurrency: int | None = None,
+        thread_workers: int | None = None,
+        prestart: bool = False,
+        warm: bool = True,
+    ) -> None:
+        if loops != 1:
+            raise ValueError(
+                f"loops={loops}: an embedded Runner drives one event loop; "
+                "several loops per machine come with loop nodes (asyncjobs node --loops N)"
+            )
+        cores = _cpu_count()
+        from_env = os.environ.get("ASYNCJOBS_CPU_WORKERS", "").strip()
+        if cpu_workers is None and from_env:  # SPEC 5; set but empty counts as unset
+            if not (from_env.isascii() and from_env.isdigit() and int(from_env) > 0):
+                raise ValueError(f"ASYNCJOBS_CPU_WORKERS must be a positive integer (the "
+                                 f"number of cpu worker processes), not {from_env!r}")
+            cpu_workers = int(from_env)
+        self.cpu_workers = cores if cpu_workers is None else cpu_workers
+        self.prestart = prestart
+        self.warm = warm
+        self.io_concurrency = io_concurrency
+        self.thread_workers = min(32, cores + 4) if thread_workers is None else thread_workers
+        for name in ("cpu_workers", "thread_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if io_concurrency is not None and io_concurrency < 1:
+            raise ValueError(f"io_concurrency must be at least 1, not {io_concurrency}")
+        super().__init__()
+        self._engine: Engine | None = None
+
+    async def __aenter__(self) -> Runner:
+        """Open the runner. Its cpu pool's template process starts now, so that the
+        first cpu job does not wait for an interpreter to start; with ``prestart`` the
+        workers start too, and this returns once they are ready.
+
+        :raises RuntimeError: if this Runner is open already
+        :raises WorkerStartFailed: with ``prestart``, if the cpu workers cannot start
+            (``asyncjobs.errors.WorkerStartFailed``; the message says why, e.g. a main
+            module that starts a Runner when imported)
+        """
+        from .executors.cpu import CpuPool
+
+        if self._engine is not None:
+            raise RuntimeError("this Runner is already open")
+        engine = self._engine = local_engine(
+            cpu_workers=self.cpu_workers,
+            io_concurrency=self.io_concurrency,
+            thread_workers=self.thread_workers,
+        )
+        pool = engine.executors[JobKind.CPU]
+        if isinstance(pool, CpuPool) and (self.warm or self.prestart):
+            ready = pool.prestart(workers=self.prestart)
+            if self.prestart:
+                try:
+                    await ready
+                except BaseException:
+                    try:
+                        await engine.aclose(cancel=True)
+                    finally:
+                        self._engine = None
+                    raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        engine = self._engine
+        assert engine is not None
         try:
-            import uvloop
-        except ImportError:  # pragma: no cover - platforms without uvloop
-            pass
-        else:
-            return uvloop.run(main())
-    return asyncio.run(main())
+            await engine.aclose(cancel=exc_type is not None)
+        finally:
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the open runner (internal, for flows and tests)."""
+        if self._engine is None:
+            raise RunnerClosed("the Runner is not open: use 'async with Runner() as runner'")
+        return self._engine
+
+    def _backend(self) -> Backend:
+        return self.engine

@@ -27,17 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncjobs {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="run a jobs.yaml flow",
-                              description="Run a jobs.yaml flow, embedded in this process.")
+                              description="Run a jobs.yaml flow, embedded in this process, "
+                                          "or on a cluster with --connect.")
     run.add_argument("file", metavar="FILE", help="the flow file (jobs.yaml)")
     run.add_argument("--param", action="append", default=[], metavar="K=V",
                      help="override a param of the file (repeatable)")
     run.add_argument("--cpu-workers", type=int, metavar="N",
                      help="worker processes for cpu jobs (default: the usable cores)")
-    run.add_argument("--loops", type=int, default=1, metavar="N",
+    run.add_argument("--loops", type=int, metavar="N",
                      help="event loops (more than 1 comes with loop nodes)")
     run.add_argument("--connect", metavar="HOST:PORT",
-                     help="submit to a coordinator instead of running embedded "
-                          "(comes with the cluster)")
+                     help="run the flow's jobs on the cluster of the coordinator at "
+                          "HOST:PORT instead of in this process")
     run.add_argument("--report", metavar="PATH.json", help="write a JSON report of every job")
     run.add_argument("--resume", action="store_true",
                      help="skip the jobs that succeeded in the last run of this file "
@@ -132,9 +133,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .flow.plan import describe_plan, plan_flow
 
     if args.connect:
-        return _fail("--connect needs a coordinator, which this version does not have yet; "
-                     "run without it to run embedded")
-    if args.loops != 1:
+        given = [f for f, v in (("--loops", args.loops), ("--cpu-workers", args.cpu_workers))
+                 if v is not None]
+        if given:
+            return _fail(f"{' and '.join(given)} with --connect: the cluster's nodes run the "
+                         "jobs, with their own settings (asyncjobs node --loops N "
+                         "--cpu-workers N)")
+    elif args.loops not in (None, 1):
         return _fail(f"--loops {args.loops}: an embedded run drives one event loop; several "
                      "loops per machine come with loop nodes (asyncjobs node --loops N)")
     if args.cpu_workers is not None and args.cpu_workers < 1:
@@ -147,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--max-file-size: {exc}")
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
-    if not args.dry_run and _names_a_call(args.file):
+    if not args.dry_run and not args.connect and _names_a_call(args.file):
         _start_template_early()
     if args.dry_run:
         try:
@@ -205,21 +210,40 @@ def _tune_gc() -> None:
 
 async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes: int) -> int:
     import asyncio  # here, not at the top: --dry-run, --help and --version never need it
+    import contextlib
     import signal
 
-    from .api import Runner
+    from .api import JobsApi, Runner
+    from .errors import ClusterConfigError, ConnectionFailed
     from .executors.cpu import CpuPool
     from .flow.loader import load_flow
-    from .flow.plan import plan_flow
+    from .flow.plan import FlowPlan, plan_flow
     from .model import JobKind
     from .progress import Progress
 
     loop = asyncio.get_running_loop()
-    # The cpu pool's template process (a fresh interpreter) starts as the Runner opens,
-    # so it boots on another core while this one validates the file.
-    async with Runner(cpu_workers=args.cpu_workers, warm=_names_a_call(args.file)) as runner:
-        try:
+    plan: FlowPlan | None = None
+    opener: contextlib.AbstractAsyncContextManager[JobsApi]
+    if args.connect:
+        from .client_cli import open_cluster
+
+        try:  # bad input is told before the coordinator is asked anything
             plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
+            opener = open_cluster(args)
+        except (FlowError, ClusterConfigError) as exc:
+            return _fail(str(exc))
+    else:
+        # The cpu pool's template process (a fresh interpreter) starts as the Runner
+        # opens, so it boots on another core while this one validates the file.
+        opener = Runner(cpu_workers=args.cpu_workers, warm=_names_a_call(args.file))
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            runner = await stack.enter_async_context(opener)
+        except ConnectionFailed as exc:  # no coordinator there (SPEC 4): one line
+            return _fail(str(exc))
+        try:
+            if plan is None:
+                plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
             # foreach sources (a lines file, a templated range) are checked here too,
             # before anything runs; records stream to --report as jobs end (a million
             # items are not held)
@@ -227,7 +251,8 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
                                     keep_records=False)
         except FlowError as exc:
             return _fail(str(exc))
-        if any(job.kind is JobKind.CPU for job in plan.spec.jobs.values()):
+        if isinstance(runner, Runner) and any(job.kind is JobKind.CPU
+                                              for job in plan.spec.jobs.values()):
             pool = runner.engine.executors[JobKind.CPU]
             if isinstance(pool, CpuPool):
                 pool.prestart()  # the workers fork now, while the run is set up

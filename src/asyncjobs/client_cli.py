@@ -1,14 +1,130 @@
-"""``asyncjobs status`` and ``asyncjobs run --connect`` (placeholder until the client lands)."""
+"""The command line's cluster half: ``asyncjobs status`` and what ``run --connect`` opens.
+
+No coordinator at the address (refused, unreachable, not asyncjobs, the wrong secret):
+one line on stderr naming the address, exit code 2, no traceback (SPEC section 4).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClusterConfigError, ConnectionFailed, RunnerClosed
 
 if TYPE_CHECKING:
     import argparse
+    import ssl
+
+    from .client import Cluster
+    from .protocol import StatusReply
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+#: how long ``status`` waits for the coordinator's answer
+STATUS_TIMEOUT_S = 10.0
+
+
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client-side TLS context of ``--tls-cert/--tls-key/--tls-ca`` (None: plain TCP).
+
+    :raises ClusterConfigError: for some of the three but not all, or unreadable files
+    """
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    from .transport import tls_contexts
+
+    try:
+        return tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)[1]
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ClusterConfigError(f"cannot load the TLS files: {exc}") from None
+
+
+def open_cluster(args: argparse.Namespace) -> Cluster:
+    """The cluster of ``--connect`` with the secret and TLS options (linked on entering).
+
+    :raises ClusterConfigError: a bad address, secret file or TLS files
+    """
+    from .auth import load_secret
+    from .client import connect
+
+    secret = load_secret(args.secret_file)
+    return connect(args.connect, secret=secret, tls=client_tls(args))
+
+
+def _fail(message: str) -> int:
+    print(f"asyncjobs: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print("asyncjobs: error: asyncjobs status is not built yet", file=sys.stderr)
-    return 2
+    """``asyncjobs status --connect HOST:PORT [--json]``: the nodes and flows."""
+    from .api import run
+
+    try:
+        cluster = open_cluster(args)
+    except ClusterConfigError as exc:
+        return _fail(str(exc))
+
+    async def ask() -> StatusReply | str:
+        try:
+            async with cluster:
+                return await cluster.status(timeout_s=STATUS_TIMEOUT_S)
+        except ConnectionFailed as exc:
+            return str(exc)
+        except (TimeoutError, RunnerClosed) as exc:
+            return (f"the coordinator at {args.connect} did not answer "
+                    f"({exc or 'no reply within ' + str(STATUS_TIMEOUT_S) + ' s'})")
+
+    reply = run(ask)
+    if isinstance(reply, str):
+        return _fail(reply)
+    if args.json:
+        print(json.dumps(status_json(reply)))
+    else:
+        print_status(reply)
+    return EXIT_OK
+
+
+def status_json(reply: StatusReply) -> dict[str, Any]:
+    """SPEC section 4's object: ``{"nodes": [...], "flows": [...]}``."""
+    return {
+        "nodes": [{"name": n.name, "alive": n.alive, "loops": n.loops,
+                   "slots_used": n.slots_used, "slots_total": n.slots_total,
+                   "last_heartbeat_s": n.last_heartbeat_s} for n in reply.nodes],
+        "flows": [{"id": f.flow_id, "file": f.file, "state": f.state, "done": f.done,
+                   "total": f.total} for f in reply.flows],
+    }
+
+
+def print_status(reply: StatusReply) -> None:
+    """Two tables on stdout: nodes, then flows."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, highlight=False)
+    nodes = Table(title="nodes", title_justify="left")
+    for name, justify in (("name", "left"), ("alive", "left"), ("loops", "right"),
+                          ("slots used", "right"), ("slots total", "right"),
+                          ("last heartbeat", "right")):
+        nodes.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for n in reply.nodes:
+        nodes.add_row(escape(n.name), "yes" if n.alive else "DEAD", str(n.loops), str(n.slots_used),
+                      str(n.slots_total), f"{n.last_heartbeat_s:.1f}s ago")
+    flows = Table(title="flows", title_justify="left")
+    for name, justify in (("id", "left"), ("file", "left"), ("state", "left"),
+                          ("done", "right"), ("total", "right")):
+        flows.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for f in reply.flows:
+        flows.add_row(escape(f.flow_id), escape(f.file), escape(f.state), str(f.done), str(f.total))
+    if not reply.nodes:
+        console.print("nodes: none connected")
+    else:
+        console.print(nodes)
+    if not reply.flows:
+        console.print("flows: none")
+    else:
+        console.print(flows)

@@ -22,8 +22,7 @@ from .harness import REPO, Coordinator, Node, daemon_env, status, wait_for_nodes
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.skipif(
-    not hasattr(asyncjobs, "connect"), reason="needs the node daemon and connect(), landing next")]
+pytestmark = pytest.mark.timeout(120)
 
 
 def _kill_node_hard(node: Node) -> None:

@@ -186,6 +186,11 @@ class Coordination:
         self._capacity: dict[JobKind, int] = {}
         self._nodes_live = 0
         self._now = 0.0
+        #: totals since start, for metrics: jobs by how they ended, attempts sent to
+        #: nodes, attempts lost with a node, jobs refused at submission
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("submitted", "refused", "attempts_sent", "attempts_lost",
+             *(f"finished_{s.value}" for s in JobStatus if s.terminal)), 0)
 
     # -- links ------------------------------------------------------------------------
 
@@ -287,10 +292,20 @@ class Coordination:
         return StatusReply(0, nodes, tuple(f.status for f in self._flows.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        """Counters for logs and the JSON state."""
-        return {"jobs": len(self._jobs), "clients": len(self._clients),
-                "loops": len(self._loops), "stale_results": self.cluster.stale_results,
-                "waiting": self.cluster.waiting}
+        """The coordinator's state as plain data (``--http``'s ``/state``)."""
+        reply = self.status()
+        return {
+            "nodes": [{"name": n.name, "alive": n.alive, "loops": n.loops,
+                       "slots_used": n.slots_used, "slots_total": n.slots_total,
+                       "last_heartbeat_s": n.last_heartbeat_s} for n in reply.nodes],
+            "flows": [{"id": f.flow_id, "file": f.file, "state": f.state, "done": f.done,
+                       "total": f.total} for f in reply.flows],
+            "jobs_active": len(self._jobs), "clients": len(self._clients),
+            "loops": len(self._loops), "attempts_waiting": self.cluster.waiting,
+            "stale_results": self.cluster.stale_results,
+            "capacity": {k.value: n for k, n in self._capacity.items()},
+            "counts": dict(self.counts),
+        }
 
     # -- clients ----------------------------------------------------------------------
 
@@ -360,6 +375,8 @@ class Coordination:
                 gid, limits, 0 if spec.retries is None else spec.retries,
                 1.0 if spec.backoff_s is None else spec.backoff_s, now))
         client.outcomes.extend(refused)
+        self.counts["submitted"] += len(events)
+        self.counts["refused"] += len(refused)
         return self._run(events, [])
 
     def _release(self, client: _Client, scope: str, now: float) -> list[Output]:
@@ -439,6 +456,7 @@ class Coordination:
                         assert isinstance(ccmd, SendAssign)
                         link = self._loop_links.get((ccmd.node, ccmd.loop))
                         specs = assigns.setdefault(-1 if link is None else link, [])
+                        self.counts["attempts_sent"] += len(ccmd.attempts)
                         for job_id, attempt in ccmd.attempts:
                             job = self._jobs[job_id]
                             job.node, job.started_s = ccmd.node, wall
@@ -454,9 +472,11 @@ class Coordination:
                                                now))
                     elif t is RequeueLost:
                         assert isinstance(ccmd, RequeueLost)
+                        self.counts["attempts_lost"] += 1
                         sched.append(AttemptLost(ccmd.job_id, ccmd.attempt, ccmd.error, now))
                     elif t is FailJob:
                         assert isinstance(ccmd, FailJob)
+                        self.counts["attempts_lost"] += 1
                         error = replace(ccmd.error, retryable=False)
                         sched.append(AttemptFailed(ccmd.job_id, ccmd.attempt, error, now))
                     else:
@@ -477,6 +497,7 @@ class Coordination:
 
     def _finished(self, cmd: JobFinished, wall: float) -> None:
         job = self._jobs.pop(cmd.job_id)
+        self.counts[f"finished_{cmd.status.value}"] += 1
         client = job.client
         client.jobs.discard(cmd.job_id)
         if self._clients.get(client.link) is not client:

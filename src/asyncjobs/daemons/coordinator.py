@@ -29,6 +29,7 @@ from ..errors import ClusterConfigError
 from ..protocol import FrameTooLarge, Role
 from ..protocol.messages import Assign, Message, Outcome
 from ..transport import Link, serve, tls_contexts
+from . import systemd
 
 if TYPE_CHECKING:
     import argparse
@@ -304,11 +305,12 @@ def _fail(message: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """``asyncjobs coordinator``: serve until SIGTERM or Ctrl-C, then exit 0."""
-    if args.state is not None or args.http is not None:
-        return _fail("--state and --http are not built yet: the coordinator keeps its "
-                     "state in memory")
+    if args.state is not None:
+        return _fail("--state is not built yet: the coordinator keeps its state in memory")
     try:
         host, port = parse_address(args.listen, default_host="127.0.0.1")
+        http = None if args.http is None else parse_address(args.http,
+                                                             default_host="127.0.0.1")
         secret = load_secret(args.secret_file)
         tls = _server_tls(args)
     except ClusterConfigError as exc:
@@ -322,10 +324,10 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="asyncjobs coordinator: %(message)s")
     server = CoordinatorServer(secret=secret, dead_after_s=args.dead_after, tls=tls)
-    from ..api import run
+    from ..eventloop import run
 
     try:
-        return run(lambda: _serve(server, host, port))
+        return run(lambda: _serve(server, host, port, http))
     except (OSError, BaseExceptionGroup) as exc:
         bind = _os_error(exc)
         if bind is None:
@@ -345,16 +347,41 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-async def _serve(server: CoordinatorServer, host: str, port: int) -> int:
+async def _serve(server: CoordinatorServer, host: str, port: int,
+                 http: tuple[str, int] | None) -> int:
     loop = asyncio.get_running_loop()
-    async with anyio.create_task_group() as tg:
-        bound = await tg.start(functools.partial(server.serve, host, port))
-        shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-        print(f"asyncjobs coordinator: listening on {shown}", file=sys.stderr, flush=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, tg.cancel_scope.cancel)
+    web = None
+    try:
+        async with anyio.create_task_group() as tg:
+            bound = await tg.start(functools.partial(server.serve, host, port))
+            print(f"asyncjobs coordinator: listening on {_shown(*bound)}", file=sys.stderr,
+                  flush=True)
+            if http is not None:
+                from .http import start_http
+
+                web = await start_http(server, *http)
+                for addr in web.addresses:
+                    print(f"asyncjobs coordinator: http on {_shown(addr[0], addr[1])}",
+                          file=sys.stderr, flush=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, functools.partial(_stop, tg.cancel_scope))
+            tg.start_soon(systemd.keep_watchdog_fed)
+            systemd.notify("READY=1")
+    finally:
+        if web is not None:
+            with anyio.CancelScope(shield=True):
+                await web.cleanup()
     print("asyncjobs coordinator: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _stop(scope: anyio.CancelScope) -> None:
+    systemd.notify("STOPPING=1")
+    scope.cancel()
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
