@@ -294,6 +294,8 @@ class Supervisor:
                 os.close(theirs)
         self._procs[settings.index] = proc
         self._pulses[settings.index] = time.monotonic()
+        if self._stopping.is_set():  # started as the node began to stop: it drains too
+            _signal(proc, signal.SIGTERM)
         os.set_blocking(ours, False)
         loop.add_reader(ours, self._status, settings.index, ours)
         try:
