@@ -429,3 +429,20 @@ async def test_a_loop_stuck_in_a_job_is_killed_and_started_again(
             proc.wait()
             raise
     assert code_ == 0, log.read_text()
+
+
+async def test_a_node_killed_with_sigkill_leaves_no_process(
+        tmp_path: Path, coord: Coordinator) -> None:
+    node = Node(tmp_path, coord.address, "o", loops=1, cpu_workers=1, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["o"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("cpu", "tests.jobs:square", 4, kind="cpu"))
+            assert succeeded(await c.wait(["cpu"])) == {"cpu": 16}
+        family = psutil.Process(node.pid).children(recursive=True)
+        assert len(family) >= 2  # the loop and its cpu pool
+        node.signal(signal.SIGKILL)
+        gone, alive = await anyio.to_thread.run_sync(
+            lambda: psutil.wait_procs(family, timeout=10))
+        assert not alive, [p.cmdline() for p in alive]
