@@ -16,6 +16,8 @@ import anyio
 import psutil
 import pytest
 
+from asyncjobs.executors.remote import SHELL
+from asyncjobs.model import JobKind
 from asyncjobs.protocol import Role
 from asyncjobs.protocol.messages import Cancel, JobOutcome, JobSpec, Outcome, Submit
 from asyncjobs.transport import Link, connect
@@ -155,8 +157,12 @@ async def test_two_loops_register_run_jobs_and_never_see_the_secret(
         async with c.link:
             jobs = [spec(f"io{i}", f"{HERE}:secret_seen") for i in range(12)]
             jobs.append(spec("cpu", f"{HERE}:cpu_secret_seen", kind="cpu"))
+            jobs.append(JobSpec("sh", SHELL, ("echo \"[$ASYNCJOBS_SECRET]\"",),
+                                {"env": {"STEP": "1"}, "cwd": None}, JobKind.IO, None, 0,
+                                None, ()))
             await c.submit(*jobs)
             values = succeeded(await c.wait([j.job_id for j in jobs]))
+            assert values.pop("sh")["stdout"] == "[]\n"
         loops = loop_pids(node)
         assert len(loops) == 2
         assert {values[f"io{i}"]["pid"] for i in range(12)} == set(loops)  # both loops ran
