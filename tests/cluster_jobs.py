@@ -7,11 +7,12 @@ import os
 
 
 async def ledger(path: str, i: int, seconds: float = 0.002) -> int:
-    """Append ``i`` to a ledger (one line per execution, from any process), then return it."""
+    """Append ``i`` and the pid that ran it to a ledger (a line per execution, from any
+    process), then return ``i``."""
     await asyncio.sleep(seconds)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{i}\n".encode())
+        os.write(fd, f"{i} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
     return i
