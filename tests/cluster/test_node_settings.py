@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from asyncjobs.daemons.loop import LoopSettings
-from asyncjobs.daemons.node import Notifier, cpu_share, settings_from_args
+from asyncjobs.daemons.node import cpu_share, settings_from_args
+from asyncjobs.daemons.systemd import Notifier
 from asyncjobs.errors import ClusterConfigError
 
 
