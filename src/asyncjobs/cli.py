@@ -235,8 +235,14 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
             return _fail(str(exc))
     else:
         # The cpu pool's template process (a fresh interpreter) starts as the Runner
-        # opens, so it boots on another core while this one validates the file.
+        # opens, so it boots on another core while this one validates the file; loop
+        # processes take longer to start than the file to validate, so check it first.
         loops = args.loops or 1
+        if loops > 1:
+            try:
+                plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
+            except FlowError as exc:
+                return _fail(str(exc))
         opener = Runner(cpu_workers=args.cpu_workers, loops=loops,
                         warm=loops == 1 and _names_a_call(args.file))
     async with contextlib.AsyncExitStack() as stack:
