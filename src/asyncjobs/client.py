@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -44,6 +45,7 @@ from .protocol import (
     DeclareLimits,
     Error,
     FlowStatus,
+    FrameTooLarge,
     Goodbye,
     Heartbeat,
     JobSpec,
@@ -82,6 +84,8 @@ SILENCE_S = 10.0
 SUBMIT_BATCH = 4096
 #: once only cancelled jobs remain, how long closing waits for their outcomes
 CANCEL_WAIT_S = 5.0
+#: bytes a frame adds to its message (prefix, sequence number, MAC), and some to spare
+FRAME_OVERHEAD = 64
 #: how long closing waits for the outbox to be written
 FLUSH_WAIT_S = 5.0
 #: seconds between a flow's progress reports to the coordinator
@@ -369,56 +373,50 @@ class ClusterBackend:
                 return
 
     async def _send_batch(self, batch: list[Message]) -> None:
-        link = self.link
-        while batch:
+        # One message per send: the transport makes a sender wait while its queue is
+        # over ``max_queued_bytes`` and flushes only after queueing everything it was
+        # given, so a several-message batch over that bound would wait for itself.
+        todo = deque(batch)
+        while todo:
+            msg = todo.popleft()
             try:
-                await link.send_many(batch)
-                return
-            except LocalProtocolError:
-                # send_many queued the messages before the bad one; find it, fix it
-                bad = self._first_unsendable(batch)
-                if bad is None:
-                    raise  # not the messages' fault: the link's state
-                index, replacement = bad
-                batch = [*replacement, *batch[index + 1:]]
-                if index > 0:
-                    await link.send_many(())  # flush what was queued before it
+                await self.link.send_many((msg,))
+            except LocalProtocolError as exc:
+                todo.extendleft(reversed(self._mend(msg, exc)))
 
-    def _first_unsendable(self, batch: list[Message]) -> tuple[int, list[Message]] | None:
-        """The first message of ``batch`` the link refuses, and what to send instead: a
-        ``Submit`` without the jobs that cannot travel (they fail), or split to fit."""
+    def _mend(self, msg: Message, exc: LocalProtocolError) -> list[Message]:
+        """What to send instead of a message the link refused (nothing was sent): a
+        ``Submit`` split in halves to fit the peer's frame limit, or without the jobs
+        that cannot travel (they fail, alone); any other message is dropped."""
+        if not isinstance(msg, Submit):
+            log.error("dropped a message the coordinator would refuse: %s", exc)
+            return []
+        if isinstance(exc, FrameTooLarge) and len(msg.jobs) > 1:
+            half = len(msg.jobs) // 2
+            return [Submit(msg.jobs[:half]), Submit(msg.jobs[half:])]
         link = self.link
         limit = (link.peer.max_frame_bytes if isinstance(link, Link)
                  else DEFAULT_MAX_FRAME_BYTES)
-        for index, msg in enumerate(batch):
+        keep: list[JobSpec] = []
+        for spec in msg.jobs:
             try:
-                size = len(encode(msg))
-            except LocalProtocolError:
-                size = None
-            if size is not None and size + 64 <= limit:
+                alone = len(encode(Submit((spec,))))
+            except LocalProtocolError as bad:
+                self._fail_id(spec.job_id, ErrorInfo.from_exception(bad, retryable=False))
                 continue
-            if not isinstance(msg, Submit):
-                log.error("dropped a message the coordinator would refuse: %r", msg)
-                return index, []
-            if size is not None and len(msg.jobs) > 1:  # too large: halves
-                half = len(msg.jobs) // 2
-                return index, [Submit(msg.jobs[:half]), Submit(msg.jobs[half:])]
-            keep: list[JobSpec] = []
-            for spec in msg.jobs:
-                try:
-                    alone = len(encode(Submit((spec,))))
-                except LocalProtocolError as exc:
-                    self._fail_id(spec.job_id, ErrorInfo.from_exception(exc, retryable=False))
-                    continue
-                if alone + 64 > limit:
-                    self._fail_id(spec.job_id, ErrorInfo(
-                        "FrameTooLarge", f"job {spec.job_id}: its arguments take {alone} "
-                        f"bytes, more than the coordinator accepts ({limit})",
-                        retryable=False))
-                    continue
-                keep.append(spec)
-            return index, ([Submit(tuple(keep))] if keep else [])
-        return None
+            if alone + FRAME_OVERHEAD > limit:
+                self._fail_id(spec.job_id, ErrorInfo(
+                    "FrameTooLarge", f"job {spec.job_id}: it takes {alone} bytes on the "
+                    f"wire, more than the coordinator accepts ({limit}); pass a path or a "
+                    f"URL instead of the data", retryable=False))
+                continue
+            keep.append(spec)
+        if len(keep) == len(msg.jobs):  # no job is at fault: do not try again forever
+            error = ErrorInfo.from_exception(exc, retryable=False)
+            for spec in keep:
+                self._fail_id(spec.job_id, error)
+            return []
+        return [Submit(tuple(keep))] if keep else []
 
     async def _heartbeat_loop(self) -> None:
         for seq in itertools.count():

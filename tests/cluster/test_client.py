@@ -406,3 +406,14 @@ def test_run_connect_starts_no_process_here(two_nodes: Coordinator, tmp_path: Pa
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=30, env=daemon_env(SECRET), cwd=tmp_path)
     assert r.stdout.strip() == "0 []", r.stdout + r.stderr
+
+
+async def test_a_batch_past_the_frame_limit_is_split_and_a_job_past_it_fails_alone(
+        two_nodes: Coordinator) -> None:
+    async with asyncjobs.connect(two_nodes.address, secret=SECRET) as cluster:
+        big = b"x" * (6 << 20)  # three of them exceed the 16 MiB frame limit
+        fitting = [cluster.submit(client_jobs.size_of, big) for _ in range(3)]
+        huge = cluster.submit(client_jobs.size_of, b"x" * (17 << 20))
+        with pytest.raises(asyncjobs.JobFailed, match="more than the coordinator accepts"):
+            await huge
+        assert [await j for j in fitting] == [len(big)] * 3
