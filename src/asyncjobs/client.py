@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -59,6 +60,7 @@ from .protocol import (
     Submit,
 )
 from .protocol.messages import encode
+from .targets import Target, TargetError
 from .transport import Link
 from .transport import connect as open_link
 
@@ -93,6 +95,37 @@ FLOW_STATUS_EVERY_S = 1.0
 #: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
 #: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
 CLUSTER_INFO_WAIT_S = 2.0
+
+
+class ByName:
+    """A ``"module:attribute"`` this process cannot import: it travels as the name alone
+    (kind, timeout and retries nil), and the node that imports it applies its
+    ``@asyncjobs.job`` defaults. Calling it here is an error."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TargetError(f"{self.ref!r} cannot be imported here; only a node runs it")
+
+    def __repr__(self) -> str:
+        return f"<{self.ref} (imported on the nodes)>"
+
+
+def _by_name(ref: str) -> Target | None:
+    """A target for ``ref`` when its module is not found here (only then: a module
+    found here answers for itself, with its error)."""
+    module, sep, attr = ref.partition(":")
+    if not (sep and all(p.isidentifier() for p in (*module.split("."), *attr.split(".")))):
+        return None
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    return Target(fn=ByName(ref), name=attr.rpartition(".")[2], kind=JobKind.IO)
 
 
 class ClientLink(Protocol):
@@ -348,6 +381,9 @@ class ClusterBackend:
         """The job as it travels; None (and the job failed) if its call cannot."""
         try:
             call = entry.begin(1)
+            if isinstance(call.fn, ByName):
+                return JobSpec(entry.job_id, call.fn.ref, tuple(call.args),
+                               call.kwargs or None, limits=tuple(entry.limits))
             ref, args, kwargs = to_wire(call)
         except Exception as exc:
             self._fail(entry, ErrorInfo.from_exception(exc, retryable=False))
@@ -586,7 +622,9 @@ class Cluster(JobsApi):
     Jobs travel by reference: a callable must be importable by its module and name on
     the nodes (``"module:attribute"``, or a top-level function of a module), and its
     arguments and result must be plain data (msgpack: None, bool, int, float, str,
-    bytes, lists and dicts).
+    bytes, lists and dicts). A ``"module:attribute"`` whose module this process does not
+    have is sent by name alone: the nodes import it and apply its ``@asyncjobs.job``
+    defaults (a wrong name then fails the job, on the node).
     """
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
@@ -654,6 +692,17 @@ class Cluster(JobsApi):
 
     def _backend(self) -> Backend:
         return self.backend
+
+    def _target(self, fn: Any) -> Target:
+        try:
+            return super()._target(fn)
+        except TargetError:
+            if isinstance(fn, str):
+                target = _by_name(fn)
+                if target is not None:
+                    self._targets[fn] = target
+                    return target
+            raise
 
     async def status(self, *, timeout_s: float = 10.0) -> StatusReply:
         """The cluster's nodes and flows, as ``asyncjobs status`` shows them.

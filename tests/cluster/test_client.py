@@ -33,6 +33,23 @@ SECRET = "client-test-secret-5e1"
 JOBS = "tests.cluster.client_jobs"
 
 
+#: a module the nodes have and this process has not
+ONLY_ON_NODES = """
+import asyncio
+
+import asyncjobs
+
+
+def twice(x):
+    return 2 * x
+
+
+@asyncjobs.job(timeout=0.2)
+async def dawdle():
+    await asyncio.sleep(5)
+"""
+
+
 @pytest.fixture(scope="module")
 def lonely(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     """A coordinator with no node: jobs wait there."""
@@ -45,9 +62,11 @@ def lonely(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     """A coordinator with nodes ``a`` and ``b``, one loop each."""
     tmp = tmp_path_factory.mktemp("two-nodes")
+    (tmp / "only_on_nodes.py").write_text(ONLY_ON_NODES)
+    env = {"PYTHONPATH": os.pathsep.join([REPO, str(tmp)])}
     coord = Coordinator(tmp, secret=SECRET)
-    with coord, Node(tmp, coord.address, "a", secret=SECRET), \
-            Node(tmp, coord.address, "b", secret=SECRET):
+    with coord, Node(tmp, coord.address, "a", secret=SECRET, env=env), \
+            Node(tmp, coord.address, "b", secret=SECRET, env=env):
         anyio.run(lambda: wait_for_nodes(coord, ["a", "b"]))
         yield coord
 
@@ -417,3 +436,16 @@ async def test_a_batch_past_the_frame_limit_is_split_and_a_job_past_it_fails_alo
         with pytest.raises(asyncjobs.JobFailed, match="more than the coordinator accepts"):
             await huge
         assert [await j for j in fitting] == [len(big)] * 3
+
+
+async def test_a_reference_only_the_nodes_can_import_travels_by_name(
+        two_nodes: Coordinator) -> None:
+    async with asyncjobs.connect(two_nodes.address, secret=SECRET) as cluster:
+        assert await cluster.submit("only_on_nodes:twice", 21) == 42
+        assert await cluster.map("only_on_nodes:twice", range(5)) == [0, 2, 4, 6, 8]
+        with pytest.raises(asyncjobs.JobTimeout):  # its @job(timeout=0.2), on the node
+            await cluster.submit("only_on_nodes:dawdle")
+        with pytest.raises(asyncjobs.JobFailed, match="nowhere_at_all"):
+            await cluster.submit("nowhere_at_all:fn")
+        with pytest.raises(ImportError, match="did you mean 'nap'"):  # a module we have
+            cluster.submit(f"{JOBS}:napp")
