@@ -66,7 +66,7 @@ from .transport import connect as open_link
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -175,6 +175,8 @@ class ClusterBackend:
         self._heard = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._sender: asyncio.Task[None] | None = None
+        #: (jobs not finished yet, what to call once they have)
+        self._waiters: list[tuple[set[str], Callable[[], None]]] = []
         self._stop_sending = False
 
     def start(self) -> None:
@@ -256,6 +258,15 @@ class ClusterBackend:
     def pending(self) -> int:
         """Jobs submitted and not yet finished."""
         return len(self._entries)
+
+    def when_finished(self, job_ids: set[str], callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every job of ``job_ids`` has finished (now, if none is
+        unfinished)."""
+        ids = {job_id for job_id in job_ids if job_id in self._entries}
+        if ids:
+            self._waiters.append((ids, callback))
+        else:
+            callback()
 
     @property
     def is_open(self) -> bool:
@@ -519,8 +530,20 @@ class ClusterBackend:
             entry.finished(done)
         except Exception:  # a bug in a callback must not stop the reader
             log.exception("finishing job %s failed", job_id)
-        finally:
-            self._idle.set()
+        self._idle.set()
+        if self._waiters:
+            self._wake_waiters(job_id)
+
+    def _wake_waiters(self, job_id: str) -> None:
+        for waiter in list(self._waiters):
+            ids, callback = waiter
+            ids.discard(job_id)
+            if not ids:
+                self._waiters.remove(waiter)
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a callback after jobs finished failed")
 
     def _fail(self, entry: JobEntry, error: ErrorInfo, attempts: int = 0) -> None:
         self._finish(entry, JobFinished(entry.job_id, JobStatus.FAILED, attempts,
@@ -603,7 +626,8 @@ class ClusterFlowRun(FlowRun):
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            self._tell(state)
+            # cancelled jobs end when the coordinator says so: count them first
+            self.cluster.when_finished(set(self._live), lambda: self._tell(state))
 
     async def _report_loop(self) -> None:
         while True:

@@ -287,6 +287,9 @@ async def test_ctrl_c_exits_130_and_cancels_the_jobs_on_the_cluster(
         env=daemon_env(SECRET), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         await wait_for_lines(marks, "started", 4)
+        shown = [(f.state, f.done, f.total) for f in (await status(two_nodes, SECRET)).flows
+                 if f.file == "sleepy.yaml"]
+        assert shown == [("running", 0, 4)]
         os.kill(run.pid, signal.SIGINT)
         _, err = run.communicate(timeout=15)
     finally:
@@ -300,7 +303,8 @@ async def test_ctrl_c_exits_130_and_cancels_the_jobs_on_the_cluster(
             await anyio.sleep(0.05)
     assert "ended" not in marks.read_text()
     flows = (await status(two_nodes, SECRET)).flows
-    assert [f.state for f in flows if f.file == "sleepy.yaml"] == ["cancelled"]
+    assert [(f.state, f.done, f.total) for f in flows
+            if f.file == "sleepy.yaml"] == [("cancelled", 4, 4)]
 
 
 async def test_jobs_that_cannot_travel_fail_alone_and_the_rest_run(
