@@ -241,7 +241,6 @@ class ClusterBackend:
         """:raises ValueError: if the scope is declared already"""
         if scope in self._scopes:
             raise ValueError(f"limits of scope {scope!r} are declared already")
-        self._check_open()
         self._scopes.add(scope)
         self._flush_submits()  # keep the order: jobs submitted before, then this
         self._put(DeclareLimits(scope, dict(limits)))
@@ -356,12 +355,12 @@ class ClusterBackend:
     # -- writing ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self.lost is not None:
-            raise RunnerClosed(f"the connection to the coordinator at {self.address} was "
-                               f"lost ({self.lost}); nothing more can be submitted")
         if self._closing:
             raise RunnerClosed("this cluster connection is closed; open one with "
                                "'async with asyncjobs.connect(address)'")
+        if self.lost is not None:
+            raise RunnerClosed(f"the connection to the coordinator at {self.address} was "
+                               f"lost ({self.lost}); nothing more can be submitted")
 
     def _put(self, msg: Message) -> None:
         self._outbox.append(msg)
