@@ -27,9 +27,9 @@ from ..auth import is_loopback, load_secret, parse_address
 from ..core.coordination import Close, Coordination, Output, Send
 from ..errors import ClusterConfigError
 from ..protocol import FrameTooLarge, Role
-from ..protocol.messages import Assign, Message, Outcome
+from ..protocol.messages import Assign, Message, Outcome, encode
 from ..transport import Link, serve, tls_contexts
-from . import systemd
+from .systemd import Notifier
 
 if TYPE_CHECKING:
     import argparse
@@ -69,10 +69,18 @@ class LocalLink:
         self._closed = False
 
     async def send(self, msg: Message) -> None:
-        self._server._local_message(self._id, msg)
+        await self.send_many((msg,))
 
     async def send_many(self, msgs: Iterable[Message]) -> None:
+        """Deliver in order. Each message is checked as a TCP link checks it (``encode``:
+        a value msgpack cannot carry is refused here too, naming the job), so a job
+        behaves the same whichever way it reaches the coordinator.
+
+        :raises LocalProtocolError: for a message the coordinator would refuse; those
+            before it were delivered
+        """
         for msg in msgs:
+            encode(msg)
             self._server._local_message(self._id, msg)
 
     async def receive(self) -> Message:
@@ -350,6 +358,7 @@ def _os_error(exc: BaseException) -> OSError | None:
 async def _serve(server: CoordinatorServer, host: str, port: int,
                  http: tuple[str, int] | None) -> int:
     loop = asyncio.get_running_loop()
+    notifier = Notifier.from_env()
     web = None
     try:
         async with anyio.create_task_group() as tg:
@@ -364,9 +373,10 @@ async def _serve(server: CoordinatorServer, host: str, port: int,
                     print(f"asyncjobs coordinator: http on {_shown(addr[0], addr[1])}",
                           file=sys.stderr, flush=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, functools.partial(_stop, tg.cancel_scope))
-            tg.start_soon(systemd.keep_watchdog_fed)
-            systemd.notify("READY=1")
+                loop.add_signal_handler(sig, functools.partial(_stop, tg.cancel_scope,
+                                                               notifier))
+            tg.start_soon(notifier.feed_watchdog)
+            notifier.notify("READY=1")
     finally:
         if web is not None:
             with anyio.CancelScope(shield=True):
@@ -375,8 +385,8 @@ async def _serve(server: CoordinatorServer, host: str, port: int,
     return 0
 
 
-def _stop(scope: anyio.CancelScope) -> None:
-    systemd.notify("STOPPING=1")
+def _stop(scope: anyio.CancelScope, notifier: Notifier) -> None:
+    notifier.notify("STOPPING=1")
     scope.cancel()
 
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from ..auth import SECRET_ENV, load_secret, parse_address
 from ..errors import ClusterConfigError
 from .loop import REGISTERED, LoopSettings
+from .systemd import SYSTEMD_ENV, Notifier
 
 if TYPE_CHECKING:
     import argparse
@@ -59,8 +60,6 @@ RESTART_RESET_AFTER_S = 30.0
 STOP_GRACE_S = 5.0
 #: a loop whose event loop did not pulse for this long is killed and started again
 LOOP_SILENT_S = 15.0
-#: systemd's variables: ours alone, never a loop's or a job's
-SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def usable_cores() -> int:
@@ -139,37 +138,6 @@ def main(args: argparse.Namespace) -> int:
 def _fail(message: str) -> int:
     print(f"asyncjobs: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
-
-
-class Notifier:
-    """systemd's notification socket (``sd_notify``), or nothing outside systemd.
-
-    :param address: ``$NOTIFY_SOCKET`` (None: not under systemd)
-    :param watchdog_s: ``$WATCHDOG_USEC`` in seconds, when it is meant for us
-    """
-
-    def __init__(self, address: str | None = None, watchdog_s: float | None = None) -> None:
-        self.address = address
-        self.watchdog_s = watchdog_s
-
-    @classmethod
-    def from_env(cls, env: dict[str, str]) -> Notifier:
-        watchdog_s = None
-        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            watchdog_s = int(usec) / 1e6
-        return cls(env.get("NOTIFY_SOCKET") or None, watchdog_s)
-
-    def notify(self, state: str) -> None:
-        if not self.address:
-            return
-        address = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.connect(address)
-                sock.sendall(state.encode())
-        except OSError as exc:
-            log.warning("cannot notify systemd (%s): %s", state, exc)
 
 
 class Supervisor:
@@ -294,6 +262,8 @@ class Supervisor:
                 os.close(theirs)
         self._procs[settings.index] = proc
         self._pulses[settings.index] = time.monotonic()
+        if self._stopping.is_set():  # started as the node began to stop: it drains too
+            _signal(proc, signal.SIGTERM)
         os.set_blocking(ours, False)
         loop.add_reader(ours, self._status, settings.index, ours)
         try:

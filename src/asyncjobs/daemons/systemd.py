@@ -1,46 +1,65 @@
 """systemd's notify protocol (``Type=notify``), without a dependency: a datagram to
-``$NOTIFY_SOCKET``. ``READY=1`` once serving, ``STOPPING=1`` on the way out, and
-``WATCHDOG=1`` at half the ``WatchdogSec`` systemd asked for (``$WATCHDOG_USEC``).
-Outside systemd (no ``NOTIFY_SOCKET``) every call does nothing."""
+``$NOTIFY_SOCKET``. ``READY=1`` once serving (a coordinator) or registered (a node),
+``STOPPING=1`` on SIGTERM, and ``WATCHDOG=1`` at half of ``WatchdogSec`` when systemd asks
+for it (``$WATCHDOG_USEC``). Outside systemd every call does nothing.
+
+The variables are read once, at start: a node removes them from its environment before
+it starts its loops, which must not speak for the service.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import anyio
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
-def notify(state: str) -> bool:
-    """Send ``state`` (e.g. ``"READY=1"``); False when not under systemd or it failed."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    address = "\0" + path[1:] if path.startswith("@") else path
-    with contextlib.suppress(OSError), \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
-        return True
-    return False
+log = logging.getLogger("asyncjobs.systemd")
+
+SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
-def watchdog_interval_s() -> float | None:
-    """How often to send ``WATCHDOG=1`` (half of ``WatchdogSec``), or None."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 1e6 / 2
+class Notifier:
+    """systemd's notification socket, or nothing outside systemd.
 
+    :param address: ``$NOTIFY_SOCKET`` (None: not under systemd)
+    :param watchdog_s: ``$WATCHDOG_USEC`` in seconds, when it is meant for us
+    """
 
-async def keep_watchdog_fed() -> None:
-    """Send ``WATCHDOG=1`` at the interval systemd asked for, until cancelled. The event
-    loop sends it, so a stuck loop stops feeding it and systemd restarts the service."""
-    interval = watchdog_interval_s()
-    if interval is None:
-        return
-    while True:
-        notify("WATCHDOG=1")
-        await anyio.sleep(interval)
+    def __init__(self, address: str | None = None, watchdog_s: float | None = None) -> None:
+        self.address = address
+        self.watchdog_s = watchdog_s
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Notifier:
+        env = os.environ if env is None else env
+        watchdog_s = None
+        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            watchdog_s = int(usec) / 1e6
+        return cls(env.get("NOTIFY_SOCKET") or None, watchdog_s)
+
+    def notify(self, state: str) -> None:
+        if not self.address:
+            return
+        address = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(address)
+                sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("cannot notify systemd (%s): %s", state, exc)
+
+    async def feed_watchdog(self) -> None:
+        """``WATCHDOG=1`` at half the interval systemd asked for, until cancelled. The
+        event loop sends it, so a stuck loop starves it and systemd restarts us."""
+        if self.watchdog_s is None:
+            return
+        while True:
+            self.notify("WATCHDOG=1")
+            await anyio.sleep(self.watchdog_s / 2)
