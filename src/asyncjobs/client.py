@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .api import JobsApi
 from .auth import load_secret, parse_address
-from .clusterbackend import CLUSTER_INFO_WAIT_S, ClusterBackend, ClusterFlowRun
+from .clusterbackend import CLUSTER_INFO_WAIT_S, ClusterBackend, ClusterFlowRun, by_name
 from .errors import RunnerClosed
 from .protocol import Role
+from .targets import TargetError
 from .transport import connect as open_link
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .flowrun import FlowRun
     from .protocol import StatusReply
     from .store import RunStore
+    from .targets import Target
 
 
 class Cluster(JobsApi):
@@ -40,7 +42,9 @@ class Cluster(JobsApi):
     Jobs travel by reference: a callable must be importable by its module and name on
     the nodes (``"module:attribute"``, or a top-level function of a module), and its
     arguments and result must be plain data (msgpack: None, bool, int, float, str,
-    bytes, lists and dicts).
+    bytes, lists and dicts). A ``"module:attribute"`` whose module this process does not
+    have is sent by name alone: the nodes import it and apply its ``@asyncjobs.job``
+    defaults (a wrong name then fails the job, on the node).
     """
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
@@ -108,6 +112,17 @@ class Cluster(JobsApi):
 
     def _backend(self) -> Backend:
         return self.backend
+
+    def _target(self, fn: Any) -> Target:
+        try:
+            return super()._target(fn)
+        except TargetError:
+            if isinstance(fn, str):
+                target = by_name(fn)
+                if target is not None:
+                    self._targets[fn] = target
+                    return target
+            raise
 
     async def status(self, *, timeout_s: float = 10.0) -> StatusReply:
         """The cluster's nodes and flows, as ``asyncjobs status`` shows them.

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -41,6 +43,7 @@ from .protocol import (
     DeclareLimits,
     Error,
     FlowStatus,
+    FrameTooLarge,
     Goodbye,
     Heartbeat,
     JobSpec,
@@ -53,10 +56,11 @@ from .protocol import (
     Submit,
 )
 from .protocol.messages import encode
+from .targets import Target, TargetError
 from .transport import Link
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
     from .backend import JobEntry
     from .core.policy import LimitSpec
@@ -73,6 +77,8 @@ SILENCE_S = 10.0
 SUBMIT_BATCH = 4096
 #: once only cancelled jobs remain, how long closing waits for their outcomes
 CANCEL_WAIT_S = 5.0
+#: bytes a frame adds to its message (prefix, sequence number, MAC), and some to spare
+FRAME_OVERHEAD = 64
 #: how long closing waits for the outbox to be written
 FLUSH_WAIT_S = 5.0
 #: seconds between a flow's progress reports to the coordinator
@@ -80,6 +86,37 @@ FLOW_STATUS_EVERY_S = 1.0
 #: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
 #: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
 CLUSTER_INFO_WAIT_S = 2.0
+
+
+class ByName:
+    """A ``"module:attribute"`` this process cannot import: it travels as the name alone
+    (kind, timeout and retries nil), and the node that imports it applies its
+    ``@asyncjobs.job`` defaults. Calling it here is an error."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TargetError(f"{self.ref!r} cannot be imported here; only a node runs it")
+
+    def __repr__(self) -> str:
+        return f"<{self.ref} (imported on the nodes)>"
+
+
+def by_name(ref: str) -> Target | None:
+    """A target for ``ref`` when its module is not found here (only then: a module
+    found here answers for itself, with its error)."""
+    module, sep, attr = ref.partition(":")
+    if not (sep and all(p.isidentifier() for p in (*module.split("."), *attr.split(".")))):
+        return None
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    return Target(fn=ByName(ref), name=attr.rpartition(".")[2], kind=JobKind.IO)
 
 
 class ClientLink(Protocol):
@@ -129,6 +166,8 @@ class ClusterBackend:
         self._heard = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._sender: asyncio.Task[None] | None = None
+        #: (jobs not finished yet, what to call once they have)
+        self._waiters: list[tuple[set[str], Callable[[], None]]] = []
         self._stop_sending = False
 
     def start(self) -> None:
@@ -193,7 +232,6 @@ class ClusterBackend:
         """:raises ValueError: if the scope is declared already"""
         if scope in self._scopes:
             raise ValueError(f"limits of scope {scope!r} are declared already")
-        self._check_open()
         self._scopes.add(scope)
         self._flush_submits()  # keep the order: jobs submitted before, then this
         self._put(DeclareLimits(scope, dict(limits)))
@@ -210,6 +248,15 @@ class ClusterBackend:
     def pending(self) -> int:
         """Jobs submitted and not yet finished."""
         return len(self._entries)
+
+    def when_finished(self, job_ids: set[str], callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every job of ``job_ids`` has finished (now, if none is
+        unfinished)."""
+        ids = {job_id for job_id in job_ids if job_id in self._entries}
+        if ids:
+            self._waiters.append((ids, callback))
+        else:
+            callback()
 
     @property
     def is_open(self) -> bool:
@@ -299,12 +346,12 @@ class ClusterBackend:
     # -- writing ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self.lost is not None:
-            raise RunnerClosed(f"the connection to the coordinator at {self.address} was "
-                               f"lost ({self.lost}); nothing more can be submitted")
         if self._closing:
             raise RunnerClosed("this cluster connection is closed; open one with "
                                "'async with asyncjobs.connect(address)'")
+        if self.lost is not None:
+            raise RunnerClosed(f"the connection to the coordinator at {self.address} was "
+                               f"lost ({self.lost}); nothing more can be submitted")
 
     def _put(self, msg: Message) -> None:
         self._outbox.append(msg)
@@ -335,6 +382,9 @@ class ClusterBackend:
         """The job as it travels; None (and the job failed) if its call cannot."""
         try:
             call = entry.begin(1)
+            if isinstance(call.fn, ByName):
+                return JobSpec(entry.job_id, call.fn.ref, tuple(call.args),
+                               call.kwargs or None, limits=tuple(entry.limits))
             ref, args, kwargs = to_wire(call)
         except Exception as exc:
             self._fail(entry, ErrorInfo.from_exception(exc, retryable=False))
@@ -360,56 +410,50 @@ class ClusterBackend:
                 return
 
     async def _send_batch(self, batch: list[Message]) -> None:
-        link = self.link
-        while batch:
+        # One message per send: the transport makes a sender wait while its queue is
+        # over ``max_queued_bytes`` and flushes only after queueing everything it was
+        # given, so a several-message batch over that bound would wait for itself.
+        todo = deque(batch)
+        while todo:
+            msg = todo.popleft()
             try:
-                await link.send_many(batch)
-                return
-            except LocalProtocolError:
-                # send_many queued the messages before the bad one; find it, fix it
-                bad = self._first_unsendable(batch)
-                if bad is None:
-                    raise  # not the messages' fault: the link's state
-                index, replacement = bad
-                batch = [*replacement, *batch[index + 1:]]
-                if index > 0:
-                    await link.send_many(())  # flush what was queued before it
+                await self.link.send_many((msg,))
+            except LocalProtocolError as exc:
+                todo.extendleft(reversed(self._mend(msg, exc)))
 
-    def _first_unsendable(self, batch: list[Message]) -> tuple[int, list[Message]] | None:
-        """The first message of ``batch`` the link refuses, and what to send instead: a
-        ``Submit`` without the jobs that cannot travel (they fail), or split to fit."""
+    def _mend(self, msg: Message, exc: LocalProtocolError) -> list[Message]:
+        """What to send instead of a message the link refused (nothing was sent): a
+        ``Submit`` split in halves to fit the peer's frame limit, or without the jobs
+        that cannot travel (they fail, alone); any other message is dropped."""
+        if not isinstance(msg, Submit):
+            log.error("dropped a message the coordinator would refuse: %s", exc)
+            return []
+        if isinstance(exc, FrameTooLarge) and len(msg.jobs) > 1:
+            half = len(msg.jobs) // 2
+            return [Submit(msg.jobs[:half]), Submit(msg.jobs[half:])]
         link = self.link
         limit = (link.peer.max_frame_bytes if isinstance(link, Link)
                  else DEFAULT_MAX_FRAME_BYTES)
-        for index, msg in enumerate(batch):
+        keep: list[JobSpec] = []
+        for spec in msg.jobs:
             try:
-                size = len(encode(msg))
-            except LocalProtocolError:
-                size = None
-            if size is not None and size + 64 <= limit:
+                alone = len(encode(Submit((spec,))))
+            except LocalProtocolError as bad:
+                self._fail_id(spec.job_id, ErrorInfo.from_exception(bad, retryable=False))
                 continue
-            if not isinstance(msg, Submit):
-                log.error("dropped a message the coordinator would refuse: %r", msg)
-                return index, []
-            if size is not None and len(msg.jobs) > 1:  # too large: halves
-                half = len(msg.jobs) // 2
-                return index, [Submit(msg.jobs[:half]), Submit(msg.jobs[half:])]
-            keep: list[JobSpec] = []
-            for spec in msg.jobs:
-                try:
-                    alone = len(encode(Submit((spec,))))
-                except LocalProtocolError as exc:
-                    self._fail_id(spec.job_id, ErrorInfo.from_exception(exc, retryable=False))
-                    continue
-                if alone + 64 > limit:
-                    self._fail_id(spec.job_id, ErrorInfo(
-                        "FrameTooLarge", f"job {spec.job_id}: its arguments take {alone} "
-                        f"bytes, more than the coordinator accepts ({limit})",
-                        retryable=False))
-                    continue
-                keep.append(spec)
-            return index, ([Submit(tuple(keep))] if keep else [])
-        return None
+            if alone + FRAME_OVERHEAD > limit:
+                self._fail_id(spec.job_id, ErrorInfo(
+                    "FrameTooLarge", f"job {spec.job_id}: it takes {alone} bytes on the "
+                    f"wire, more than the coordinator accepts ({limit}); pass a path or a "
+                    f"URL instead of the data", retryable=False))
+                continue
+            keep.append(spec)
+        if len(keep) == len(msg.jobs):  # no job is at fault: do not try again forever
+            error = ErrorInfo.from_exception(exc, retryable=False)
+            for spec in keep:
+                self._fail_id(spec.job_id, error)
+            return []
+        return [Submit(tuple(keep))] if keep else []
 
     async def _heartbeat_loop(self) -> None:
         for seq in itertools.count():
@@ -476,8 +520,20 @@ class ClusterBackend:
             entry.finished(done)
         except Exception:  # a bug in a callback must not stop the reader
             log.exception("finishing job %s failed", job_id)
-        finally:
-            self._idle.set()
+        self._idle.set()
+        if self._waiters:
+            self._wake_waiters(job_id)
+
+    def _wake_waiters(self, job_id: str) -> None:
+        for waiter in list(self._waiters):
+            ids, callback = waiter
+            ids.discard(job_id)
+            if not ids:
+                self._waiters.remove(waiter)
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a callback after jobs finished failed")
 
     def _fail(self, entry: JobEntry, error: ErrorInfo, attempts: int = 0) -> None:
         self._finish(entry, JobFinished(entry.job_id, JobStatus.FAILED, attempts,
@@ -560,7 +616,8 @@ class ClusterFlowRun(FlowRun):
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            self._tell(state)
+            # cancelled jobs end when the coordinator says so: count them first
+            self.cluster.when_finished(set(self._live), lambda: self._tell(state))
 
     async def _report_loop(self) -> None:
         while True:
