@@ -422,6 +422,9 @@ def _os_reason(exc: OSError) -> str:
     causes = getattr(exc, "exceptions", None)
     if causes:
         exc = causes[0]
+    # anyio says "all connection attempts failed" and keeps the last one as the cause
+    if not exc.strerror and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 

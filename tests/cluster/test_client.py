@@ -162,7 +162,7 @@ def test_no_coordinator_wrong_secret_or_readable_secret_file_exit_2(
     nobody = f"127.0.0.1:{free_port()}"
     for command in (["status"], ["run", str(flow)]):
         r = cli(*command, "--connect", nobody)
-        assert r.returncode == 2
+        assert r.returncode == 2 and "connection refused" in r.stderr
         one_line_naming(r.stderr, nobody)
         r = cli(*command, "--connect", lonely.address, secret="not-it")
         assert r.returncode == 2
