@@ -29,17 +29,9 @@ def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
     :raises ClusterConfigError: for some of the three but not all, or unreadable files
     """
-    given = [args.tls_cert, args.tls_key, args.tls_ca]
-    if not any(given):
-        return None
-    if not all(given):
-        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
-    from .transport import tls_contexts
+    from .transport import tls_from_files
 
-    try:
-        return tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)[1]
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ClusterConfigError(f"cannot load the TLS files: {exc}") from None
+    return tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
 
 
 def open_cluster(args: argparse.Namespace) -> Cluster:
