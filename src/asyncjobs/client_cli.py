@@ -82,13 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_json(reply: StatusReply) -> dict[str, Any]:
     """SPEC section 4's object: ``{"nodes": [...], "flows": [...]}``."""
-    return {
-        "nodes": [{"name": n.name, "alive": n.alive, "loops": n.loops,
-                   "slots_used": n.slots_used, "slots_total": n.slots_total,
-                   "last_heartbeat_s": n.last_heartbeat_s} for n in reply.nodes],
-        "flows": [{"id": f.flow_id, "file": f.file, "state": f.state, "done": f.done,
-                   "total": f.total} for f in reply.flows],
-    }
+    return reply.to_json()
 
 
 def print_status(reply: StatusReply) -> None:
