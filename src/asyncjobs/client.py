@@ -11,7 +11,13 @@ import anyio
 
 from .api import JobsApi
 from .auth import load_secret, parse_address
-from .clusterbackend import CLUSTER_INFO_WAIT_S, ClusterBackend, ClusterFlowRun, by_name
+from .clusterbackend import (
+    CLUSTER_INFO_WAIT_S,
+    RECONNECT_S,
+    ClusterBackend,
+    ClusterFlowRun,
+    by_name,
+)
 from .errors import RunnerClosed
 from .protocol import Role
 from .targets import TargetError
@@ -19,7 +25,7 @@ from .transport import connect as open_link
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
     from .protocol import StatusReply
     from .store import RunStore
     from .targets import Target
+    from .transport import Link
 
 
 class Cluster(JobsApi):
@@ -49,8 +56,10 @@ class Cluster(JobsApi):
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout_s: float = 5.0) -> None:
+                 handshake_timeout_s: float = 5.0,
+                 reconnect_s: float = RECONNECT_S) -> None:
         super().__init__()
+        self._reconnect_s = reconnect_s
         self.address = address
         self._host, self._port = parse_address(address)
         self._secret = secret
@@ -74,9 +83,13 @@ class Cluster(JobsApi):
         secret = self._secret
         key = (load_secret() if secret is None
                else secret.encode() if isinstance(secret, str) else secret)
-        link = await open_link(self._host, self._port, role=Role.CLIENT, secret=key,
-                               tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
-        client = self._client = ClusterBackend(link)
+        def link() -> Awaitable[Link]:
+            return open_link(self._host, self._port, role=Role.CLIENT, secret=key,
+                             tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
+
+        # a coordinator that restarts is linked with again, and sent what is unfinished
+        client = self._client = ClusterBackend(await link(), reconnect=link,
+                                               reconnect_s=self._reconnect_s)
         client.start()
         try:
             with anyio.move_on_after(CLUSTER_INFO_WAIT_S):
@@ -141,7 +154,7 @@ class Cluster(JobsApi):
 
 
 def connect(address: str, *, secret: bytes | str | None = None,
-            tls: ssl.SSLContext | None = None) -> Cluster:
+            tls: ssl.SSLContext | None = None, reconnect_s: float = RECONNECT_S) -> Cluster:
     """A cluster to run jobs on: use as ``async with asyncjobs.connect("host:7700") as
     cluster``, then ``cluster.submit``, ``map``, ``run_flow`` as on a ``Runner``.
 
@@ -149,7 +162,10 @@ def connect(address: str, *, secret: bytes | str | None = None,
     :param secret: the cluster's secret (default: ``$ASYNCJOBS_SECRET``)
     :param tls: a client-side TLS context (``transport.tls_contexts(...)[1]``), or None
         for plain TCP
+    :param reconnect_s: when the link breaks (the coordinator restarts, the network
+        blinks), how long to try linking again before unfinished jobs fail; once linked,
+        they are sent again (at-least-once: a job may run twice, its result counts once)
     :returns: the cluster, linked when its ``async with`` is entered
     :raises ClusterConfigError: if ``address`` is not ``HOST:PORT``
     """
-    return Cluster(address, secret=secret, tls=tls)
+    return Cluster(address, secret=secret, tls=tls, reconnect_s=reconnect_s)

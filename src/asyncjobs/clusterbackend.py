@@ -25,6 +25,7 @@ import contextlib
 import importlib.util
 import itertools
 import logging
+import random
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from .core.commands import JobFinished
-from .errors import RunnerClosed
+from .errors import AsyncJobsError, RunnerClosed
 from .executors.remote import to_wire
 from .flowrun import FlowRun
 from .model import ErrorInfo, JobKind, JobStatus
@@ -60,7 +61,7 @@ from .targets import Target, TargetError
 from .transport import Link
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
     from .backend import JobEntry
     from .core.policy import LimitSpec
@@ -75,6 +76,11 @@ HEARTBEAT_S = 1.0
 SILENCE_S = 10.0
 #: jobs per ``Submit`` frame at most (a frame also stays within the peer's limit)
 SUBMIT_BATCH = 4096
+#: how long a client tries to link again with a coordinator that went away (one that
+#: restarts comes back within it), and the delays between its tries
+RECONNECT_S = 30.0
+RECONNECT_FIRST_S = 0.1
+RECONNECT_CAP_S = 2.0
 #: once only cancelled jobs remain, how long closing waits for their outcomes
 CANCEL_WAIT_S = 5.0
 #: bytes a frame adds to its message (prefix, sequence number, MAC), and some to spare
@@ -138,9 +144,22 @@ class ClusterBackend:
         or a ``LocalLink``
     """
 
-    def __init__(self, link: ClientLink) -> None:
+    def __init__(self, link: ClientLink, *,
+                 reconnect: Callable[[], Awaitable[ClientLink]] | None = None,
+                 reconnect_s: float = RECONNECT_S) -> None:
         self.link = link
         self.address = link.address
+        #: opens a new link to the same coordinator (None: a lost link is lost for good)
+        self._reconnect = reconnect
+        self._reconnect_s = reconnect_s
+        #: the task that links again after the link broke, while it runs
+        self._recovering: asyncio.Task[None] | None = None
+        #: what was sent of each unfinished job, and each live scope's limits: sent
+        #: again to a coordinator that came back
+        self._sent: dict[str, JobSpec] = {}
+        self._scope_limits: dict[str, dict[str, LimitSpec]] = {}
+        #: links made after the first (tests and logs)
+        self.reconnects = 0
         #: unfinished jobs, sent or not
         self._entries: dict[str, JobEntry] = {}
         #: jobs submitted this loop iteration, not yet in the outbox
@@ -233,12 +252,14 @@ class ClusterBackend:
         if scope in self._scopes:
             raise ValueError(f"limits of scope {scope!r} are declared already")
         self._scopes.add(scope)
+        self._scope_limits[scope] = dict(limits)
         self._flush_submits()  # keep the order: jobs submitted before, then this
         self._put(DeclareLimits(scope, dict(limits)))
 
     def release_limits(self, scope: str) -> None:
         if scope in self._scopes:
             self._scopes.discard(scope)
+            self._scope_limits.pop(scope, None)
             self._flush_submits()
             self._put(ReleaseLimits(scope))
 
@@ -325,6 +346,11 @@ class ClusterBackend:
                 await self._stop()
 
     async def _stop(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
+            self._recovering = None
         self._flush_submits()
         self._stop_sending = True
         self._wake_sender.set()
@@ -368,10 +394,12 @@ class ClusterBackend:
         if self._pending:
             batch, self._pending = self._pending, {}
             specs: list[JobSpec] = []
+            sent = self._sent
             for entry in batch.values():
                 spec = self._spec(entry)
                 if spec is not None:
                     specs.append(spec)
+                    sent[spec.job_id] = spec
             for i in range(0, len(specs), SUBMIT_BATCH):
                 self._put(Submit(tuple(specs[i:i + SUBMIT_BATCH])))
         if self._cancels:
@@ -406,7 +434,7 @@ class ClusterBackend:
                 await self._send_batch(batch)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
                     LocalProtocolError) as exc:
-                self._lose(str(exc) or type(exc).__name__)
+                self._link_down(str(exc) or type(exc).__name__)
                 return
 
     async def _send_batch(self, batch: list[Message]) -> None:
@@ -460,8 +488,7 @@ class ClusterBackend:
             self._put(Heartbeat(seq))
             await asyncio.sleep(HEARTBEAT_S)
             if time.monotonic() - self._heard > SILENCE_S:
-                self._lose(f"no word from it for {SILENCE_S:g} s")
-                await self.link.aclose("the coordinator is silent")
+                self._link_down(f"no word from it for {SILENCE_S:g} s")
                 return
 
     # -- reading ----------------------------------------------------------------------
@@ -496,7 +523,7 @@ class ClusterBackend:
             reason = "the client closed"
         except anyio.BrokenResourceError as exc:
             reason = str(exc) or type(exc).__name__
-        self._lose(reason)
+        self._link_down(reason)
 
     def _outcomes(self, msg: Outcome) -> None:
         entries = self._entries
@@ -515,6 +542,7 @@ class ClusterBackend:
         if self._entries.pop(job_id, None) is None:
             return
         self._pending.pop(job_id, None)
+        self._sent.pop(job_id, None)
         self._cancelling.discard(job_id)
         try:
             entry.finished(done)
@@ -553,6 +581,70 @@ class ClusterBackend:
         error = self._lost_error()
         for entry in batch.values():
             self._fail(entry, error)
+
+    def _link_down(self, reason: str) -> None:
+        """The link broke (or the coordinator went silent): link again if we may, else
+        the link is lost for good (``_lose``)."""
+        if self._closing or self._reconnect is None or self.lost is not None:
+            self._lose(reason)
+        elif self._recovering is None:
+            log.warning("the link with the coordinator at %s broke (%s); linking again",
+                        self.address, reason)
+            self._recovering = asyncio.get_running_loop().create_task(self._recover(reason))
+
+    async def _recover(self, reason: str) -> None:
+        """Link again within ``reconnect_s`` (the coordinator restarting, a network
+        blip), then send again what it may not have: each live scope's limits and every
+        unfinished job (at-least-once: a job may run twice; its result counts once).
+        Jobs being cancelled end here, cancelled. Past the deadline, the link is lost."""
+        me = asyncio.current_task()
+        for task in (*self._tasks, self._sender):
+            if task is not None and task is not me:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self.link.aclose("linking again")
+        deadline = time.monotonic() + self._reconnect_s
+        delay = RECONNECT_FIRST_S
+        link: ClientLink | None = None
+        last = reason
+        while link is None and not self._closing:
+            try:
+                assert self._reconnect is not None
+                link = await self._reconnect()
+            except (OSError, AsyncJobsError) as exc:  # ConnectionFailed and its kin
+                last = str(exc)
+                if time.monotonic() + delay > deadline:
+                    break
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, RECONNECT_CAP_S)
+        self._recovering = None
+        if link is None:
+            self._lose(f"{reason}; no coordinator at {self.address} for "
+                       f"{self._reconnect_s:g} s ({last})")
+            return
+        self.link = link
+        self.reconnects += 1
+        self._heard = time.monotonic()
+        for job_id in list(self._cancelling):
+            entry = self._entries.get(job_id)
+            if entry is not None:
+                self._finish(entry, JobFinished(job_id, JobStatus.CANCELLED, 0,
+                                                error=ErrorInfo("Cancelled", reason)))
+        self._cancels.clear()
+        again: list[Message] = [DeclareLimits(scope, dict(limits))
+                                for scope, limits in self._scope_limits.items()]
+        specs = list(self._sent.values())
+        again += [Submit(tuple(specs[i:i + SUBMIT_BATCH]))
+                  for i in range(0, len(specs), SUBMIT_BATCH)]
+        # what was queued meanwhile that is still news: flow reports, status requests
+        again += [m for m in self._outbox
+                  if not isinstance(m, Submit | DeclareLimits | ReleaseLimits | Cancel
+                                    | Heartbeat)]
+        self._outbox = again
+        log.warning("linked again with the coordinator at %s; %d unfinished jobs sent "
+                    "again", self.address, len(specs))
+        self.start()
+        self._wake_sender.set()
 
     def _lose(self, reason: str) -> None:
         """The link is gone: every unfinished job fails, saying so."""

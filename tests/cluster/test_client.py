@@ -327,7 +327,8 @@ async def test_a_lost_coordinator_fails_the_unfinished_jobs_and_submit_raises(
         tmp_path: Path) -> None:
     coord = Coordinator(tmp_path, secret=SECRET)
     try:
-        async with asyncjobs.connect(coord.address, secret=SECRET) as cluster:
+        async with asyncjobs.connect(coord.address, secret=SECRET,
+                                     reconnect_s=1.0) as cluster:
             job = cluster.submit(client_jobs.nap, 1, 0)
             await anyio.sleep(0.2)
             coord.signal(signal.SIGKILL)
