@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import SECRET_ENV, load_secret, parse_address
 from ..errors import ClusterConfigError
-from .loop import REGISTERED, LoopSettings
+from .settings import REGISTERED, LoopSettings
 from .systemd import SYSTEMD_ENV, Notifier
 
 if TYPE_CHECKING:
