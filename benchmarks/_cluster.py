@@ -46,6 +46,10 @@ def asyncjobs_argv() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "asyncjobs"]
 
 
+class DaemonExited(RuntimeError):
+    """A daemon exited before it said it was ready (its log's tail is the message)."""
+
+
 class Daemon:
     """A process we started, its stderr+stdout in ``log``."""
 
@@ -69,7 +73,7 @@ class Daemon:
             if found:
                 return found
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[0]} exited {self.proc.returncode} before "
+                raise DaemonExited(f"{self.argv[0]} exited {self.proc.returncode} before "
                                    f"{pattern!r}:\n{self.text()[-2000:]}")
             time.sleep(0.02)
         raise RuntimeError(f"no {pattern!r} from {self.argv[0]} in {timeout_s} s")
