@@ -35,3 +35,9 @@ def square(x: int) -> int:
 
 async def environment(name: str) -> str | None:
     return os.environ.get(name)
+
+
+async def loop_pid(seconds: float = 0.01) -> int:
+    """The pid of the process whose event loop runs this io job."""
+    await asyncio.sleep(seconds)
+    return os.getpid()

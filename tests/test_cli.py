@@ -82,7 +82,7 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path: Path) -> None:
     assert "did you mean 'needs'?" in r.stderr
     assert asyncjobs("run", str(tmp_path / "missing.yaml")).returncode == 2
     assert asyncjobs("run", str(path), "--param", "novalue").returncode == 2
-    assert asyncjobs("run", str(path), "--loops", "2").returncode == 2
+    assert asyncjobs("run", str(path), "--loops", "0").returncode == 2
     path.write_text("jobs:\n  a: {shell: 'true', foreach: {lines: missing.txt}}\n")
     r = asyncjobs("run", str(path))
     assert r.returncode == 2 and "cannot read foreach lines file" in r.stderr, r.stderr

@@ -94,7 +94,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "adapter": ("executors", "store", "report", "transport", "eventloop"),
     "seam": ("backend",),
     "engine": ("engine",),
-    "runs": ("mapper", "flowrun"),
+    "runs": ("mapper", "flowrun", "clusterbackend"),
     "api": ("api", "client", "localcluster", "daemons"),
     "top": ("cli", "client_cli", "progress", "__main__", "__init__"),
 }

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .backend import Backend
+    from .clusterbackend import ClusterBackend
     from .core.commands import JobFinished
     from .flow.plan import FlowPlan
     from .flowrun import FlowRun
+    from .localcluster import LocalCluster
     from .report import FlowReport
     from .store import RunStore
     from .targets import Target
@@ -314,7 +316,9 @@ class Runner(JobsApi):
 
     :param cpu_workers: worker processes for ``cpu`` jobs (default:
         ``$ASYNCJOBS_CPU_WORKERS`` when set, else the usable cores)
-    :param loops: event loops; 1 embedded (more arrive with the cluster)
+    :param loops: event loops. With more than 1, this process schedules and a node of
+        ``loops`` loop processes beside it runs the jobs (``localcluster.py``): io jobs
+        spread over the loops, the cpu workers are shared among them
     :param io_concurrency: most ``io`` attempts at once (default: no bound)
     :param thread_workers: threads for ``thread`` jobs (default: cores + 4, at most 32)
     :param prestart: entering the Runner returns once its cpu workers are up and ready
@@ -337,11 +341,9 @@ class Runner(JobsApi):
         prestart: bool = False,
         warm: bool = True,
     ) -> None:
-        if loops != 1:
-            raise ValueError(
-                f"loops={loops}: an embedded Runner drives one event loop; "
-                "several loops per machine come with loop nodes (asyncjobs node --loops N)"
-            )
+        if loops < 1:
+            raise ValueError(f"loops must be at least 1, not {loops}")
+        self.loops = loops
         cores = _cpu_count()
         from_env = os.environ.get("ASYNCJOBS_CPU_WORKERS", "").strip()
         if cpu_workers is None and from_env:  # SPEC 5; set but empty counts as unset
@@ -361,6 +363,9 @@ class Runner(JobsApi):
             raise ValueError(f"io_concurrency must be at least 1, not {io_concurrency}")
         super().__init__()
         self._engine: Engine | None = None
+        #: with loops > 1: the coordinator and node beside this process, and the link
+        self._local: LocalCluster | None = None
+        self._remote: ClusterBackend | None = None
 
     async def __aenter__(self) -> Runner:
         """Open the runner. Its cpu pool's template process starts now, so that the
@@ -374,8 +379,11 @@ class Runner(JobsApi):
         """
         from .executors.cpu import CpuPool
 
-        if self._engine is not None:
+        if self._engine is not None or self._remote is not None:
             raise RuntimeError("this Runner is already open")
+        if self.loops > 1:
+            await self._open_loops()
+            return self
         engine = self._engine = local_engine(
             cpu_workers=self.cpu_workers,
             io_concurrency=self.io_concurrency,
@@ -399,6 +407,9 @@ class Runner(JobsApi):
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._remote is not None:
+            await self._close_loops(cancel=exc_type is not None)
+            return
         engine = self._engine
         assert engine is not None
         try:
@@ -406,12 +417,35 @@ class Runner(JobsApi):
         finally:
             self._engine = None
 
+    async def _open_loops(self) -> None:
+        from .clusterbackend import ClusterBackend
+        from .localcluster import LocalCluster
+
+        local = LocalCluster(loops=self.loops, cpu_workers=self.cpu_workers,
+                             io_concurrency=self.io_concurrency)
+        link = await local.start()
+        self._local, self._remote = local, ClusterBackend(link)
+        self._remote.start()
+
+    async def _close_loops(self, *, cancel: bool) -> None:
+        remote, local = self._remote, self._local
+        assert remote is not None and local is not None
+        try:
+            await remote.aclose(cancel=cancel)
+        finally:
+            self._remote = self._local = None
+            await local.aclose()
+
     @property
     def engine(self) -> Engine:
-        """The engine of the open runner (internal, for flows and tests)."""
+        """The engine of the open runner (internal, for flows and tests; with ``loops``
+        above 1 the engines are in the loop processes, and this raises)."""
         if self._engine is None:
-            raise RunnerClosed("the Runner is not open: use 'async with Runner() as runner'")
+            raise RunnerClosed("the Runner is not open: use 'async with Runner() as runner'"
+                               if self._remote is None else
+                               f"this Runner runs its jobs in {self.loops} loop processes; "
+                               f"it has no engine of its own")
         return self._engine
 
     def _backend(self) -> Backend:
-        return self.engine
+        return self._remote if self._remote is not None else self.engine

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu-workers", type=int, metavar="N",
                      help="worker processes for cpu jobs (default: the usable cores)")
     run.add_argument("--loops", type=int, metavar="N",
-                     help="event loops (more than 1 comes with loop nodes)")
+                     help="event loop processes that run the jobs (default 1: this "
+                          "process; more: a node of N loops beside it)")
     run.add_argument("--connect", metavar="HOST:PORT",
                      help="run the flow's jobs on the cluster of the coordinator at "
                           "HOST:PORT instead of in this process")
@@ -139,9 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail(f"{' and '.join(given)} with --connect: the cluster's nodes run the "
                          "jobs, with their own settings (asyncjobs node --loops N "
                          "--cpu-workers N)")
-    elif args.loops not in (None, 1):
-        return _fail(f"--loops {args.loops}: an embedded run drives one event loop; several "
-                     "loops per machine come with loop nodes (asyncjobs node --loops N)")
+    elif args.loops is not None and args.loops < 1:
+        return _fail(f"--loops must be at least 1, not {args.loops}")
     if args.cpu_workers is not None and args.cpu_workers < 1:
         return _fail(f"--cpu-workers must be at least 1, not {args.cpu_workers}")
     params = _params(args.param)
@@ -152,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--max-file-size: {exc}")
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
-    if not args.dry_run and not args.connect and _names_a_call(args.file):
+    if not args.dry_run and not args.connect and (args.loops or 1) == 1 \
+            and _names_a_call(args.file):
         _start_template_early()
     if args.dry_run:
         try:
@@ -234,8 +235,16 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
             return _fail(str(exc))
     else:
         # The cpu pool's template process (a fresh interpreter) starts as the Runner
-        # opens, so it boots on another core while this one validates the file.
-        opener = Runner(cpu_workers=args.cpu_workers, warm=_names_a_call(args.file))
+        # opens, so it boots on another core while this one validates the file; loop
+        # processes take longer to start than the file to validate, so check it first.
+        loops = args.loops or 1
+        if loops > 1:
+            try:
+                plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
+            except FlowError as exc:
+                return _fail(str(exc))
+        opener = Runner(cpu_workers=args.cpu_workers, loops=loops,
+                        warm=loops == 1 and _names_a_call(args.file))
     async with contextlib.AsyncExitStack() as stack:
         try:
             runner = await stack.enter_async_context(opener)
@@ -251,7 +260,7 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
                                     keep_records=False)
         except FlowError as exc:
             return _fail(str(exc))
-        if isinstance(runner, Runner) and any(job.kind is JobKind.CPU
+        if isinstance(runner, Runner) and runner.loops == 1 and any(job.kind is JobKind.CPU
                                               for job in plan.spec.jobs.values()):
             pool = runner.engine.executors[JobKind.CPU]
             if isinstance(pool, CpuPool):

@@ -79,6 +79,8 @@ class LocalCluster:
     async def _start_node(self, address: str) -> None:
         env = dict(os.environ)
         env["ASYNCJOBS_SECRET"] = self.server.secret.decode()  # the node scrubs it
+        # the loops import jobs by name: let them find what this process finds
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _stop_node
         self._node = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "asyncjobs", "node", "--connect", address,

@@ -16,6 +16,8 @@ import anyio
 import psutil
 import pytest
 
+from asyncjobs.executors.remote import SHELL
+from asyncjobs.model import JobKind
 from asyncjobs.protocol import Role
 from asyncjobs.protocol.messages import Cancel, JobOutcome, JobSpec, Outcome, Submit
 from asyncjobs.transport import Link, connect
@@ -49,6 +51,12 @@ async def unencodable() -> object:
 
 async def huge(size: int) -> bytes:
     return b"x" * size
+
+
+async def block_the_loop(marker: str, seconds: float) -> None:
+    """A job that never yields: its loop's event loop stops turning."""
+    _append(marker, f"{os.getpid()}\n")
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking its event loop is the point
 
 
 def _append(path: str, text: str) -> None:
@@ -149,8 +157,12 @@ async def test_two_loops_register_run_jobs_and_never_see_the_secret(
         async with c.link:
             jobs = [spec(f"io{i}", f"{HERE}:secret_seen") for i in range(12)]
             jobs.append(spec("cpu", f"{HERE}:cpu_secret_seen", kind="cpu"))
+            jobs.append(JobSpec("sh", SHELL, ("echo \"[$ASYNCJOBS_SECRET]\"",),
+                                {"env": {"STEP": "1"}, "cwd": None}, JobKind.IO, None, 0,
+                                None, ()))
             await c.submit(*jobs)
             values = succeeded(await c.wait([j.job_id for j in jobs]))
+            assert values.pop("sh")["stdout"] == "[]\n"
         loops = loop_pids(node)
         assert len(loops) == 2
         assert {values[f"io{i}"]["pid"] for i in range(12)} == set(loops)  # both loops ran
@@ -379,3 +391,64 @@ async def test_a_node_joins_a_tls_cluster(tmp_path: Path,
                 await c.submit(spec("t", f"{HERE}:secret_seen"))
                 succeeded(await c.wait(["t"]))
             assert node.stop() == 0
+
+
+async def test_a_loop_stuck_in_a_job_is_killed_and_started_again(
+        tmp_path: Path, coord: Coordinator) -> None:
+    """The stuck threshold is shortened to 2 s in this one node process."""
+    import subprocess
+    import sys
+
+    from .harness import REPO, daemon_env
+
+    marker = tmp_path / "stuck"
+    log = tmp_path / "node-stuck.log"
+    code = ("import sys; import asyncjobs.daemons.node as n; n.LOOP_SILENT_S = 2.0; "
+            "from asyncjobs.cli import main; sys.exit(main(sys.argv[1:]))")
+    with open(log, "wb") as out:  # noqa: ASYNC230 - once, before the node starts
+        proc = subprocess.Popen(  # noqa: ASYNC220 - it runs beside this loop
+            [sys.executable, "-c", code, "node", "--connect", coord.address, "--name", "s",
+             "--loops", "1", "--cpu-workers", "0"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=daemon_env(SECRET),
+            cwd=REPO)
+    try:
+        await wait_for_nodes(coord, ["s"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("stuck", f"{HERE}:block_the_loop", str(marker), 30))
+            await anyio.to_thread.run_sync(wait_until, marker.exists)
+            first = int(marker.read_text().split()[0])
+            await anyio.to_thread.run_sync(
+                lambda: wait_until(lambda: "is stuck" in log.read_text(), 15))
+            again = await anyio.to_thread.run_sync(lambda: wait_until(
+                lambda: [p.pid for p in psutil.Process(proc.pid).children()
+                         if p.pid != first], 15))
+            assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+            assert again
+            await c.link.send(Cancel(("stuck",), (), "enough"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code_ = await anyio.to_thread.run_sync(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code_ == 0, log.read_text()
+
+
+async def test_a_node_killed_with_sigkill_leaves_no_process(
+        tmp_path: Path, coord: Coordinator) -> None:
+    node = Node(tmp_path, coord.address, "o", loops=1, cpu_workers=1, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["o"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("cpu", "tests.jobs:square", 4, kind="cpu"))
+            assert succeeded(await c.wait(["cpu"])) == {"cpu": 16}
+        family = psutil.Process(node.pid).children(recursive=True)
+        assert len(family) >= 2  # the loop and its cpu pool
+        node.signal(signal.SIGKILL)
+        gone, alive = await anyio.to_thread.run_sync(
+            lambda: psutil.wait_procs(family, timeout=10))
+        assert not alive, [p.cmdline() for p in alive]

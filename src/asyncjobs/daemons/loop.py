@@ -77,8 +77,9 @@ BACKOFF_FIRST_S = 0.1
 BACKOFF_CAP_S = 5.0
 #: a link that lived this long resets the backoff (a link that dies at once does not)
 BACKOFF_RESET_AFTER_S = 10.0
-#: a failed handshake (wrong secret) is logged at most this often
-HANDSHAKE_LOG_EVERY_S = 60.0
+#: a failed connection attempt (wrong secret, nobody listening) is logged at most this
+#: often: a node may wait hours for its coordinator
+CONNECT_LOG_EVERY_S = 60.0
 #: results per ``Result`` frame at most (a frame too large for the peer is split further)
 RESULTS_PER_FRAME = 1000
 #: how long cancelled attempts may take to end when the link is lost or we stop
@@ -196,9 +197,11 @@ class LoopProcess:
         self._results: list[AttemptResult] = []
         self._wake = anyio.Event()
         self._stop = anyio.Event()
-        #: True: stop without draining (a second signal, the supervisor gone)
+        #: True: stop without draining (the supervisor is gone)
         self._hurry = False
-        self._last_handshake_log = -HANDSHAKE_LOG_EVERY_S
+        self._last_connect_log = -CONNECT_LOG_EVERY_S
+        #: failed connection attempts since the last link
+        self._failed_connects = 0
         #: connection attempts made (tests and logs)
         self.connects = 0
         #: the drain is over: the sender stops once its outbox is empty
@@ -279,19 +282,29 @@ class LoopProcess:
             if self._connecting.cancelled_caught:
                 return None  # stopped meanwhile
         except HandshakeFailed as exc:
-            now = time.monotonic()
-            if now - self._last_handshake_log >= HANDSHAKE_LOG_EVERY_S:
-                self._last_handshake_log = now
-                log.error("%s: the handshake with %s failed (retrying; logged once a "
-                          "minute): %s", self.tag, exc.address, exc.cause)
+            self._connect_failed(logging.ERROR, f"the handshake with {exc.address} failed: "
+                                                f"{exc.cause}")
             return None
         except ConnectionFailed as exc:
-            log.info("%s: cannot connect: %s", self.tag, exc)
+            self._connect_failed(logging.WARNING, f"cannot connect: {exc}")
             return None
         except OSError as exc:
-            log.info("%s: cannot connect to %s:%s: %s", self.tag, s.host, s.port, exc)
+            self._connect_failed(logging.WARNING,
+                                 f"cannot connect to {s.host}:{s.port}: {exc}")
             return None
+        if self._failed_connects:
+            log.info("%s: connected to %s after %d failed attempts", self.tag,
+                     link.address, self._failed_connects)
+        self._failed_connects = 0
         return link
+
+    def _connect_failed(self, level: int, what: str) -> None:
+        self._failed_connects += 1
+        now = time.monotonic()
+        if now - self._last_connect_log >= CONNECT_LOG_EVERY_S:
+            self._last_connect_log = now
+            log.log(level, "%s: %s (attempt %d; retrying with backoff, logged once a "
+                           "minute)", self.tag, what, self._failed_connects)
 
     # -- one session --------------------------------------------------------------------
 
@@ -445,7 +458,14 @@ class LoopProcess:
         for spec in attempts:
             key = f"{spec.job_id}#{spec.attempt}"
             if key in self._held:
-                log.warning("%s: %s was assigned twice; ignored", self.tag, key)
+                if self._held[key].session == self._session:
+                    log.warning("%s: %s was assigned twice; ignored", self.tag, key)
+                else:  # a thread job of a lost link, which no one can stop, still runs
+                    self._results.append(AttemptResult(
+                        spec.job_id, spec.attempt, None, self._error(
+                            "Busy", f"{spec.job_id}: attempt {spec.attempt} still runs "
+                            "here from before the link was lost"), 0.0))
+                    self._wake.set()
                 continue
             if self._stop.is_set():
                 returned.append(AttemptRef(spec.job_id, spec.attempt))

@@ -60,7 +60,6 @@ RESTART_RESET_AFTER_S = 30.0
 STOP_GRACE_S = 5.0
 #: a loop whose event loop did not pulse for this long is killed and started again
 LOOP_SILENT_S = 15.0
-#: systemd's variables: ours alone, never a loop's or a job's
 
 
 def usable_cores() -> int:
@@ -263,6 +262,8 @@ class Supervisor:
                 os.close(theirs)
         self._procs[settings.index] = proc
         self._pulses[settings.index] = time.monotonic()
+        if self._stopping.is_set():  # started as the node began to stop: it drains too
+            _signal(proc, signal.SIGTERM)
         os.set_blocking(ours, False)
         loop.add_reader(ours, self._status, settings.index, ours)
         try:

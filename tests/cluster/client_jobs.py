@@ -1,0 +1,41 @@
+"""Jobs for the client tests: module-level, so nodes import them by name."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+async def nap(i: int, seconds: float) -> int:
+    """Sleep, then return ``i`` (items finish out of order when their sleeps differ)."""
+    await asyncio.sleep(seconds)
+    return i
+
+
+async def where(i: int) -> list[int]:
+    """``[i, pid]``, after a moment, so a batch spreads over the nodes."""
+    await asyncio.sleep(0.2)
+    return [i, os.getpid()]
+
+
+def broken(text: str) -> None:
+    raise ValueError(f"no good: {text}")
+
+
+def _note(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+async def mark_and_sleep(path: str, seconds: float) -> None:
+    """Note its start in a file, then sleep (a job to cancel while it runs)."""
+    _note(path, "started\n")
+    await asyncio.sleep(seconds)
+    _note(path, "ended\n")
+
+
+def total(values: list[int]) -> int:
+    return sum(values)
