@@ -13,7 +13,8 @@ How this works:
 4. ``Link.send`` encodes at once (errors reach the caller, nothing is queued) and queues
    the frame. The first sender of a loop iteration becomes the flusher: it yields once,
    then writes everything queued meanwhile in one write. A sender waits while more than
-   ``max_queued_bytes`` are queued: a peer that does not read gives back-pressure.
+   ``max_queued_bytes`` are queued (writing them itself when nobody else is): a peer
+   that does not read gives back-pressure.
 5. A link owns no task: reading happens in ``receive()``, writing in the flushing
    ``send``. Errors keep anyio's meanings: closed by us ``ClosedResourceError``, broken
    from outside (including a peer that broke the protocol) ``BrokenResourceError``, ended
@@ -140,7 +141,10 @@ class Link:
         for msg in msgs:
             self._check_can_send()
             while self._queued_bytes >= self._max_queued_bytes:
-                await self._space.wait()
+                if self._flushing:
+                    await self._space.wait()
+                else:  # nobody is writing: our own batch filled the queue, so write it
+                    await self._flush()
                 self._check_can_send()
             data = self._conn.send(msg)
             self._queue.append(data)

@@ -125,7 +125,7 @@ async def test_an_io_job_that_kills_its_node_every_time_fails_after_three(
     assert len(ledger.read_text().splitlines()) == 3  # it ran three times, not more
 
 
-async def test_a_tls_cluster_runs_jobs(tmp_path: Path,
+async def test_a_tls_cluster_runs_jobs_and_a_flow(tmp_path: Path,
                                       tls_files: tuple[Path, Path, Path]) -> None:
     cert, key, ca = tls_files
     tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
@@ -134,6 +134,14 @@ async def test_a_tls_cluster_runs_jobs(tmp_path: Path,
         from asyncjobs.transport import tls_contexts
 
         client_tls = tls_contexts(cert, key, ca)[1]
+        flow = tmp_path / "jobs.yaml"
+        flow.write_text("jobs:\n"
+                        "  squares: {foreach: {range: 20}, call: 'tests.cluster_jobs:square',"
+                        " args: ['{{ item }}']}\n"
+                        "  after: {needs: [squares], shell: 'echo ok'}\n")
         async with asyncjobs.connect(coord.address, secret=b"s", tls=client_tls) as cluster:
             assert await cluster.map(cluster_jobs.square, range(50)) == [
                 i * i for i in range(50)]
+            report = await cluster.run_flow(flow)
+    assert report.ok and len(report.records) == 21
+    assert {r.node for r in report.records} == {"a"}

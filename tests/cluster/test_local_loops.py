@@ -72,3 +72,13 @@ def test_run_loops_2_gives_the_records_and_exit_code_of_one_loop(tmp_path: Path)
     code, records = two
     assert code == 1 and records["squares[7]"] == ("failed", 1)
     assert len(records) == 71 and records["sum"] == ("succeeded", 1)
+
+
+async def test_a_value_msgpack_cannot_carry_fails_its_job_alone_as_on_a_cluster() -> None:
+    async with asyncjobs.Runner(loops=2, cpu_workers=1) as runner:
+        bad = runner.submit(jobs.add, {1, 2}, 3)  # a set is not msgpack
+        good = runner.submit(jobs.add, 1, 2)
+        with pytest.raises(asyncjobs.JobFailed) as caught:
+            await bad
+        assert await good == 3
+    assert "msgpack" in str(caught.value)

@@ -395,7 +395,7 @@ async def test_a_node_joins_a_tls_cluster(tmp_path: Path,
 
 async def test_a_loop_stuck_in_a_job_is_killed_and_started_again(
         tmp_path: Path, coord: Coordinator) -> None:
-    """The stuck threshold is shortened to 2 s in this one node process."""
+    """The stuck threshold is shortened to 3 s in this one node process."""
     import subprocess
     import sys
 
@@ -403,7 +403,7 @@ async def test_a_loop_stuck_in_a_job_is_killed_and_started_again(
 
     marker = tmp_path / "stuck"
     log = tmp_path / "node-stuck.log"
-    code = ("import sys; import asyncjobs.daemons.node as n; n.LOOP_SILENT_S = 2.0; "
+    code = ("import sys; import asyncjobs.daemons.node as n; n.LOOP_SILENT_S = 3.0; "
             "from asyncjobs.cli import main; sys.exit(main(sys.argv[1:]))")
     with open(log, "wb") as out:  # noqa: ASYNC230 - once, before the node starts
         proc = subprocess.Popen(  # noqa: ASYNC220 - it runs beside this loop

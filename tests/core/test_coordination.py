@@ -292,3 +292,14 @@ def test_released_limits_refuse_new_jobs_naming_them() -> None:
     h.msg(1, ReleaseLimits("f"))
     h.msg(1, Submit((spec("a", limits=("f:api",)),)))
     assert h.outcomes(1)["a"].status is JobStatus.FAILED
+
+
+def test_a_whole_flow_is_refused_with_a_reason() -> None:
+    from asyncjobs.protocol.messages import FlowSubmit
+
+    h = Harness()
+    h.client(1)
+    h.take(1)
+    h.msg(1, FlowSubmit("f", "jobs.yaml", "jobs: {}"))
+    (err,) = h.take(1)
+    assert err.code == "unsupported" and "run --connect" in err.message

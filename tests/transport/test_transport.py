@@ -53,6 +53,24 @@ async def _read_until_closed(stream: anyio.abc.ByteStream, *, max_reads: int = 1
 # -- the checks -------------------------------------------------------------------------
 
 
+async def check_one_batch_larger_than_the_queue_bound_goes_out(t: Transport) -> None:
+    """A single send_many of more than max_queued_bytes: its sender writes what is queued
+    rather than wait for a flush nobody else would make."""
+    big = Error("filler", "x" * 65536)
+    async with t.pair(max_queued_bytes=256 * 1024) as (client, server):
+        received: list[Message] = []
+
+        async def read() -> None:
+            for _ in range(40):
+                received.append(await server.receive())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            with anyio.fail_after(10):
+                await client.send_many([big] * 40)  # ~2.6 MB, ten times the bound
+    assert len(received) == 40
+
+
 async def check_round_trip(t: Transport) -> None:
     async with t.pair() as (client, server):
         assert client.peer.role is Role.COORDINATOR
@@ -364,6 +382,10 @@ async def test_idle_sockets_are_capped_and_a_real_peer_gets_in(
 
 async def test_closed_port_names_the_address(transport: Transport) -> None:
     await check_closed_port_names_the_address(transport)
+
+
+async def test_one_batch_larger_than_the_queue_bound_goes_out(transport: Transport) -> None:
+    await check_one_batch_larger_than_the_queue_bound_goes_out(transport)
 
 
 async def test_a_peer_that_never_reads_gives_back_pressure(transport: Transport) -> None:

@@ -41,7 +41,7 @@ from ..protocol.messages import (
     Drain,
     Error,
     FlowStatus,
-    Goodbye,
+    FlowSubmit,
     Heartbeat,
     JobOutcome,
     JobSpec,
@@ -348,9 +348,11 @@ class Coordination:
         if kind is StatusRequest:
             assert isinstance(msg, StatusRequest)
             return [Send(client.link, replace(self.status(), request_id=msg.request_id))]
-        if kind is Goodbye or kind is Heartbeat:
-            return []
-        return []  # Error: the client says what it disliked; the link ends anyway
+        if kind is FlowSubmit:
+            return [Send(client.link, Error(
+                "unsupported", "this coordinator does not take whole flows: a client plans "
+                "and follows its flow and submits its jobs (asyncjobs run --connect)"))]
+        return []  # Goodbye, Heartbeat; Error: the client says what it disliked
 
     def _submit(self, client: _Client, specs: tuple[JobSpec, ...], now: float
                 ) -> list[Output]:

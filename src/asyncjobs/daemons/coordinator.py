@@ -27,7 +27,7 @@ from ..auth import is_loopback, load_secret, parse_address
 from ..core.coordination import Close, Coordination, Output, Send
 from ..errors import ClusterConfigError
 from ..protocol import FrameTooLarge, Role
-from ..protocol.messages import Assign, Message, Outcome
+from ..protocol.messages import Assign, Message, Outcome, encode
 from ..transport import Link, serve, tls_contexts
 from .systemd import Notifier
 
@@ -69,10 +69,18 @@ class LocalLink:
         self._closed = False
 
     async def send(self, msg: Message) -> None:
-        self._server._local_message(self._id, msg)
+        await self.send_many((msg,))
 
     async def send_many(self, msgs: Iterable[Message]) -> None:
+        """Deliver in order. Each message is checked as a TCP link checks it (``encode``:
+        a value msgpack cannot carry is refused here too, naming the job), so a job
+        behaves the same whichever way it reaches the coordinator.
+
+        :raises LocalProtocolError: for a message the coordinator would refuse; those
+            before it were delivered
+        """
         for msg in msgs:
+            encode(msg)
             self._server._local_message(self._id, msg)
 
     async def receive(self) -> Message:
