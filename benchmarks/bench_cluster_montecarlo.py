@@ -69,6 +69,7 @@ async def asyncjobs_variant(mode: str, jobs: int, tries: int) -> dict[str, float
             rss.watch("all", os.getpid())
             rss.watch("coordinator", coordinator.pid)
             rss.start()
+            cpu0 = [_cluster.tree_cpu_s(x.pid) for x in (coordinator, *nodes)]
             if mode == "map":
                 clock = _harness.Clock()
                 total = sum(await cluster.map(hits, [tries] * jobs))
@@ -80,9 +81,11 @@ async def asyncjobs_variant(mode: str, jobs: int, tries: int) -> dict[str, float
                 timing = command([*_cluster.asyncjobs_argv(), "run",
                                   "examples/montecarlo.yaml", "--connect",
                                   coordinator.address, "--quiet", *args])
+            cpu1 = [_cluster.tree_cpu_s(x.pid) for x in (coordinator, *nodes)]
             rss.stop()
     # "all" holds the coordinator too; subtract nothing, report both
-    return {**timing, "total_mib": rss.peaks["all"], "coordinator_mib": rss.peaks["coordinator"]}
+    return {**timing, "total_mib": rss.peaks["all"], "coordinator_mib": rss.peaks["coordinator"],
+            "coordinator_cpu_s": cpu1[0] - cpu0[0], "node_cpu_s": cpu1[1] - cpu0[1]}
 
 
 def pool_variant(mode: str, jobs: int, tries: int) -> dict[str, float]:
@@ -93,7 +96,8 @@ def pool_variant(mode: str, jobs: int, tries: int) -> dict[str, float]:
         timing = command([sys.executable, "benchmarks/montecarlo_pool.py", "--jobs", str(jobs),
                           "--tries", str(tries)])
         rss.stop()
-        return {**timing, "total_mib": rss.peaks["all"], "coordinator_mib": 0.0}
+        return {**timing, "total_mib": rss.peaks["all"], "coordinator_mib": 0.0,
+                "coordinator_cpu_s": 0.0, "node_cpu_s": 0.0}
     with multiprocessing.Pool(WORKERS) as pool:
         seen: set[int] = set()
         for _ in range(_cluster.MAX_WARMUP_ROUNDS):
@@ -106,7 +110,8 @@ def pool_variant(mode: str, jobs: int, tries: int) -> dict[str, float]:
         timing = clock.stop()
         rss.stop()
     assert 0.7 * jobs * tries < total < 0.9 * jobs * tries
-    return {**timing, "total_mib": rss.peaks["all"], "coordinator_mib": 0.0}
+    return {**timing, "total_mib": rss.peaks["all"], "coordinator_mib": 0.0,
+            "coordinator_cpu_s": 0.0, "node_cpu_s": 0.0}
 
 
 def child(variant: str, jobs: int, tries: int) -> None:
@@ -118,6 +123,10 @@ def child(variant: str, jobs: int, tries: int) -> None:
     _harness.emit(timing)
 
 
+def dash(value: float) -> str:
+    return f"{value:.3f}" if value else "-"
+
+
 def parent(args: argparse.Namespace) -> None:
     print(f"Monte Carlo pi: {args.jobs:,} jobs x {args.tries:,} tries; asyncjobs: coordinator "
           f"+ 1 node --loops 1 --cpu-workers {WORKERS}; Pool({WORKERS}) "
@@ -127,7 +136,8 @@ def parent(args: argparse.Namespace) -> None:
     opts = ["--jobs", str(args.jobs), "--tries", str(args.tries)]
     runs = _harness.run_rounds(__file__, VARIANTS, opts, args.rounds)
     print(f"\n{'variant':<15}{'median s':>9}{'min s':>8}{'max s':>8}{'jobs/s':>8}"
-          f"{'client CPU s':>13}{'total MiB':>10}{'coord MiB':>10}")
+          f"{'client CPU s':>13}{'coord CPU s':>12}{'node CPU s':>11}{'total MiB':>10}"
+          f"{'coord MiB':>10}")
     for v in VARIANTS:
         r = runs[v]
         med = _harness.median(r, "wall_s")
@@ -135,10 +145,13 @@ def parent(args: argparse.Namespace) -> None:
         print(f"{v:<15}{med:>9.3f}{_harness.fastest(r):>8.3f}"
               f"{max(x['wall_s'] for x in r):>8.3f}{args.jobs / med:>8,.0f}"
               f"{_harness.median(r, 'cpu_parent_s'):>13.3f}"
+              f"{dash(_harness.median(r, 'coordinator_cpu_s')):>12}"
+              f"{dash(_harness.median(r, 'node_cpu_s')):>11}"
               f"{_harness.peak(r, 'total_mib'):>10.1f}"
               f"{f'{coord:.1f}' if coord else '-':>10}")
     print("(client CPU s: the measuring process, which is the client in asyncjobs-map and "
-          "idle while a command runs; total MiB: peak over the rounds)")
+          "idle while a command runs; coord / node CPU s: the coordinator, the node with its "
+          "loop and workers, over the timed span; total MiB: peak over the rounds)")
     print()
     for ours, theirs in COMPARISONS:
         ratio, low, high = _harness.paired_ratio(runs[ours], runs[theirs])

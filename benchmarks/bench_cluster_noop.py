@@ -51,13 +51,17 @@ async def asyncjobs_variant(kind: str, n: int) -> dict[str, float]:
             for node in nodes:
                 rss.watch(node.name, node.pid)
             rss.start()
+            cpu0 = [_cluster.tree_cpu_s(x.pid) for x in (coordinator, *nodes)]
             clock = _harness.Clock()
             results = await cluster.map(fn, range(n))
             timing = clock.stop()
+            cpu1 = [_cluster.tree_cpu_s(x.pid) for x in (coordinator, *nodes)]
             rss.stop()
     assert results == list(range(n))
     return {**timing, "coordinator_mib": rss.peaks["coordinator"],
-            "workers_mib": sum(rss.peaks[x.name] for x in nodes)}
+            "workers_mib": sum(rss.peaks[x.name] for x in nodes),
+            "coordinator_cpu_s": cpu1[0] - cpu0[0],
+            "workers_cpu_s": sum(cpu1[1:]) - sum(cpu0[1:])}
 
 
 def dask_variant(n: int) -> dict[str, float]:
@@ -67,14 +71,16 @@ def dask_variant(n: int) -> dict[str, float]:
         for p in _cluster.psutil.Process().children():
             rss.watch(f"w{p.pid}", p.pid)
         rss.start()
+        cpu0 = sum(_cluster.tree_cpu_s(pid) for pid in rss.trees.values())
         clock = _harness.Clock()
         results = client.gather(client.map(cluster_jobs.noop, range(n)))  # type: ignore[attr-defined]
         timing = clock.stop()
+        cpu1 = sum(_cluster.tree_cpu_s(pid) for pid in rss.trees.values())
         rss.stop()
     assert results == list(range(n))
-    # the scheduler runs in this process: its RSS is this process's (rss_parent_mib)
-    return {**timing, "coordinator_mib": 0.0,
-            "workers_mib": sum(rss.peaks.values())}
+    # the scheduler runs in this process: its RSS and CPU are this process's
+    return {**timing, "coordinator_mib": 0.0, "workers_mib": sum(rss.peaks.values()),
+            "coordinator_cpu_s": 0.0, "workers_cpu_s": cpu1 - cpu0}
 
 
 def child(variant: str, n: int) -> None:
@@ -86,8 +92,8 @@ def child(variant: str, n: int) -> None:
     _harness.emit(timing)
 
 
-def mib(value: float) -> str:
-    return f"{value:.1f}" if value else "-"
+def mib(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if value else "-"
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -100,19 +106,22 @@ def parent(args: argparse.Namespace) -> None:
                 _cluster.dask_version()]
     runs = _harness.run_rounds(__file__, variants, ["--n", str(args.n)], args.rounds)
     print(f"\n{'variant':<15}{'median s':>9}{'min s':>8}{'max s':>8}{'jobs/s':>10}"
-          f"{'client CPU s':>13}{'client MiB':>11}{'coord MiB':>10}{'workers MiB':>12}")
+          f"{'client CPU s':>13}{'coord CPU s':>12}{'workers CPU s':>14}"
+          f"{'client MiB':>11}{'coord MiB':>10}{'workers MiB':>12}")
     for v in variants:
         r = runs[v]
         med = _harness.median(r, "wall_s")
         print(f"{v:<15}{med:>9.3f}{_harness.fastest(r):>8.3f}"
               f"{max(x['wall_s'] for x in r):>8.3f}{args.n / med:>10,.0f}"
               f"{_harness.median(r, 'cpu_parent_s'):>13.3f}"
+              f"{mib(_harness.median(r, 'coordinator_cpu_s'), 3):>12}"
+              f"{_harness.median(r, 'workers_cpu_s'):>14.3f}"
               f"{_harness.peak(r, 'rss_parent_mib'):>11.1f}"
               f"{mib(_harness.peak(r, 'coordinator_mib')):>10}"
               f"{_harness.peak(r, 'workers_mib'):>12.1f}")
-    print("(client MiB: the measuring process, which for dask holds the scheduler; "
-          "coord MiB: the coordinator; workers MiB: nodes or Dask workers with their "
-          "processes, summed; peaks over the rounds)")
+    print("(client: the measuring process, which for dask holds the scheduler; coord: "
+          "the coordinator; workers: nodes or Dask workers with their processes, summed; "
+          "CPU s over the timed span, medians; MiB: peaks over the rounds)")
     if "dask" not in runs:
         print("dask not installed: no ratio")
         return
