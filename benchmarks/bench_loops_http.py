@@ -2,7 +2,7 @@
 single-loop aiohttp script, both as whole commands.
 
     python benchmarks/bench_loops_http.py [--n 10000] [--limit 100] [--latency-ms 5]
-        [--rounds 3] [--cluster]
+        [--rounds 3] [--cluster] [--startup]
 
 A responder in a process of its own on 127.0.0.1 answers every request after
 ``--latency-ms`` (raw asyncio on uvloop: an ``asyncio.Protocol`` that answers each
@@ -197,7 +197,6 @@ def loops_available() -> tuple[bool, str]:
 
 
 def parent(args: argparse.Namespace) -> None:
-    import _harness
 
     import asyncjobs
 
@@ -210,6 +209,20 @@ def parent(args: argparse.Namespace) -> None:
           f"{sys.version.split()[0]}; asyncjobs from {asyncjobs.__file__}", flush=True)
     if not ok:
         print(f"asyncjobs-loops2 skipped: --loops not available ({why})", flush=True)
+    runs = measure(args, variants, args.n)
+    report(args, variants, runs, args.n)
+    if args.startup:
+        print(f"\nstart-up: the same commands on a 1-item flow, median of {args.rounds} rounds "
+              "(what a command costs besides its requests)")
+        report(args, variants, measure(args, variants, 1), 1, ratios=False)
+    if not ok:
+        print("asyncjobs-loops2: skipped: --loops not available")
+
+
+def measure(args: argparse.Namespace, variants: list[str], n: int
+            ) -> dict[str, list[dict[str, float]]]:
+    import _harness
+
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for round_no in range(args.rounds):
         with subprocess.Popen([sys.executable, __file__, "--serve", str(args.latency_ms)],
@@ -217,7 +230,7 @@ def parent(args: argparse.Namespace) -> None:
             try:
                 assert server.stdout is not None and server.stdin is not None
                 url = f"http://127.0.0.1:{int(server.stdout.readline())}/get"
-                opts = ["--n", str(args.n), "--limit", str(args.limit), "--url", url]
+                opts = ["--n", str(n), "--limit", str(args.limit), "--url", url]
                 warm = ["--n", str(min(args.n, 2000)), "--limit", str(args.limit), "--url", url]
                 shift = round_no % len(variants)
                 for variant in variants[shift:] + variants[:shift]:
@@ -233,14 +246,23 @@ def parent(args: argparse.Namespace) -> None:
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+    return runs
+
+
+def report(args: argparse.Namespace, variants: list[str],
+           runs: dict[str, list[dict[str, float]]], n: int, ratios: bool = True) -> None:
+    import _harness
+
     print(f"\n{'variant':<18}{'median s':>9}{'min s':>7}{'max s':>7}{'req/s':>9}{'peak MiB':>10}")
     for v in variants:
         r = runs[v]
         med = _harness.median(r, "wall_s")
         print(f"{v:<18}{med:>9.3f}{_harness.fastest(r):>7.3f}{max(x['wall_s'] for x in r):>7.3f}"
-              f"{args.n / med:>9,.0f}{_harness.median(r, 'peak_mib'):>10.1f}")
+              f"{n / med:>9,.0f}{_harness.median(r, 'peak_mib'):>10.1f}")
     print("(peak MiB: the command's processes summed, median over the rounds; cluster-loops2 "
           "adds the coordinator and the node; its cluster started before the clock)")
+    if not ratios:
+        return
     print()
     for ours in ("asyncjobs-loops2", "asyncjobs-loops1", CLUSTER_VARIANT):
         if ours not in runs:
@@ -251,8 +273,6 @@ def parent(args: argparse.Namespace) -> None:
             target = f"; target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}"
         print(f"{ours} / aiohttp-script requests/s = {ratio:.3f} (median of the rounds' "
               f"ratios; {low:.3f}-{high:.3f}){target}")
-    if not ok:
-        print("asyncjobs-loops2: skipped: --loops not available")
 
 
 def main() -> None:
@@ -263,6 +283,8 @@ def main() -> None:
     parser.add_argument("--rounds", "--repeat", type=int, default=3)
     parser.add_argument("--cluster", action="store_true",
                         help="also: run --connect on a coordinator + node --loops 2")
+    parser.add_argument("--startup", action="store_true",
+                        help="also time each command on a 1-item flow")
     parser.add_argument("--quick", action="store_true", help="2,000 GETs, 1 round")
     parser.add_argument("--variant", choices=[*VARIANTS, CLUSTER_VARIANT],
                         help=argparse.SUPPRESS)
