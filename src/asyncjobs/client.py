@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .api import JobsApi
 from .auth import load_secret, parse_address
-from .clusterbackend import CLUSTER_INFO_WAIT_S, ClusterBackend, ClusterFlowRun
+from .clusterbackend import (
+    CLUSTER_INFO_WAIT_S,
+    RECONNECT_S,
+    ClusterBackend,
+    ClusterFlowRun,
+    by_name,
+)
 from .errors import RunnerClosed
 from .protocol import Role
+from .targets import TargetError
 from .transport import connect as open_link
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
     from .flowrun import FlowRun
     from .protocol import StatusReply
     from .store import RunStore
+    from .targets import Target
+    from .transport import Link
 
 
 class Cluster(JobsApi):
@@ -40,13 +49,17 @@ class Cluster(JobsApi):
     Jobs travel by reference: a callable must be importable by its module and name on
     the nodes (``"module:attribute"``, or a top-level function of a module), and its
     arguments and result must be plain data (msgpack: None, bool, int, float, str,
-    bytes, lists and dicts).
+    bytes, lists and dicts). A ``"module:attribute"`` whose module this process does not
+    have is sent by name alone: the nodes import it and apply its ``@asyncjobs.job``
+    defaults (a wrong name then fails the job, on the node).
     """
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout_s: float = 5.0) -> None:
+                 handshake_timeout_s: float = 5.0,
+                 reconnect_s: float = RECONNECT_S) -> None:
         super().__init__()
+        self._reconnect_s = reconnect_s
         self.address = address
         self._host, self._port = parse_address(address)
         self._secret = secret
@@ -70,9 +83,13 @@ class Cluster(JobsApi):
         secret = self._secret
         key = (load_secret() if secret is None
                else secret.encode() if isinstance(secret, str) else secret)
-        link = await open_link(self._host, self._port, role=Role.CLIENT, secret=key,
-                               tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
-        client = self._client = ClusterBackend(link)
+        def link() -> Awaitable[Link]:
+            return open_link(self._host, self._port, role=Role.CLIENT, secret=key,
+                             tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
+
+        # a coordinator that restarts is linked with again, and sent what is unfinished
+        client = self._client = ClusterBackend(await link(), reconnect=link,
+                                               reconnect_s=self._reconnect_s)
         client.start()
         try:
             with anyio.move_on_after(CLUSTER_INFO_WAIT_S):
@@ -109,6 +126,17 @@ class Cluster(JobsApi):
     def _backend(self) -> Backend:
         return self.backend
 
+    def _target(self, fn: Any) -> Target:
+        try:
+            return super()._target(fn)
+        except TargetError:
+            if isinstance(fn, str):
+                target = by_name(fn)
+                if target is not None:
+                    self._targets[fn] = target
+                    return target
+            raise
+
     async def status(self, *, timeout_s: float = 10.0) -> StatusReply:
         """The cluster's nodes and flows, as ``asyncjobs status`` shows them.
 
@@ -126,7 +154,7 @@ class Cluster(JobsApi):
 
 
 def connect(address: str, *, secret: bytes | str | None = None,
-            tls: ssl.SSLContext | None = None) -> Cluster:
+            tls: ssl.SSLContext | None = None, reconnect_s: float = RECONNECT_S) -> Cluster:
     """A cluster to run jobs on: use as ``async with asyncjobs.connect("host:7700") as
     cluster``, then ``cluster.submit``, ``map``, ``run_flow`` as on a ``Runner``.
 
@@ -134,7 +162,10 @@ def connect(address: str, *, secret: bytes | str | None = None,
     :param secret: the cluster's secret (default: ``$ASYNCJOBS_SECRET``)
     :param tls: a client-side TLS context (``transport.tls_contexts(...)[1]``), or None
         for plain TCP
+    :param reconnect_s: when the link breaks (the coordinator restarts, the network
+        blinks), how long to try linking again before unfinished jobs fail; once linked,
+        they are sent again (at-least-once: a job may run twice, its result counts once)
     :returns: the cluster, linked when its ``async with`` is entered
     :raises ClusterConfigError: if ``address`` is not ``HOST:PORT``
     """
-    return Cluster(address, secret=secret, tls=tls)
+    return Cluster(address, secret=secret, tls=tls, reconnect_s=reconnect_s)

@@ -29,17 +29,9 @@ def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
     :raises ClusterConfigError: for some of the three but not all, or unreadable files
     """
-    given = [args.tls_cert, args.tls_key, args.tls_ca]
-    if not any(given):
-        return None
-    if not all(given):
-        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
-    from .transport import tls_contexts
+    from .transport import tls_from_files
 
-    try:
-        return tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)[1]
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ClusterConfigError(f"cannot load the TLS files: {exc}") from None
+    return tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
 
 
 def open_cluster(args: argparse.Namespace) -> Cluster:
@@ -90,13 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_json(reply: StatusReply) -> dict[str, Any]:
     """SPEC section 4's object: ``{"nodes": [...], "flows": [...]}``."""
-    return {
-        "nodes": [{"name": n.name, "alive": n.alive, "loops": n.loops,
-                   "slots_used": n.slots_used, "slots_total": n.slots_total,
-                   "last_heartbeat_s": n.last_heartbeat_s} for n in reply.nodes],
-        "flows": [{"id": f.flow_id, "file": f.file, "state": f.state, "done": f.done,
-                   "total": f.total} for f in reply.flows],
-    }
+    return reply.to_json()
 
 
 def print_status(reply: StatusReply) -> None:

@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import logging
+import random
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from .core.commands import JobFinished
-from .errors import RunnerClosed
+from .errors import AsyncJobsError, RunnerClosed
 from .executors.remote import to_wire
 from .flowrun import FlowRun
 from .model import ErrorInfo, JobKind, JobStatus
@@ -41,6 +44,7 @@ from .protocol import (
     DeclareLimits,
     Error,
     FlowStatus,
+    FrameTooLarge,
     Goodbye,
     Heartbeat,
     JobSpec,
@@ -53,10 +57,11 @@ from .protocol import (
     Submit,
 )
 from .protocol.messages import encode
+from .targets import Target, TargetError
 from .transport import Link
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
     from .backend import JobEntry
     from .core.policy import LimitSpec
@@ -71,8 +76,15 @@ HEARTBEAT_S = 1.0
 SILENCE_S = 10.0
 #: jobs per ``Submit`` frame at most (a frame also stays within the peer's limit)
 SUBMIT_BATCH = 4096
+#: how long a client tries to link again with a coordinator that went away (one that
+#: restarts comes back within it), and the delays between its tries
+RECONNECT_S = 30.0
+RECONNECT_FIRST_S = 0.1
+RECONNECT_CAP_S = 2.0
 #: once only cancelled jobs remain, how long closing waits for their outcomes
 CANCEL_WAIT_S = 5.0
+#: bytes a frame adds to its message (prefix, sequence number, MAC), and some to spare
+FRAME_OVERHEAD = 64
 #: how long closing waits for the outbox to be written
 FLUSH_WAIT_S = 5.0
 #: seconds between a flow's progress reports to the coordinator
@@ -80,6 +92,37 @@ FLOW_STATUS_EVERY_S = 1.0
 #: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
 #: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
 CLUSTER_INFO_WAIT_S = 2.0
+
+
+class ByName:
+    """A ``"module:attribute"`` this process cannot import: it travels as the name alone
+    (kind, timeout and retries nil), and the node that imports it applies its
+    ``@asyncjobs.job`` defaults. Calling it here is an error."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TargetError(f"{self.ref!r} cannot be imported here; only a node runs it")
+
+    def __repr__(self) -> str:
+        return f"<{self.ref} (imported on the nodes)>"
+
+
+def by_name(ref: str) -> Target | None:
+    """A target for ``ref`` when its module is not found here (only then: a module
+    found here answers for itself, with its error)."""
+    module, sep, attr = ref.partition(":")
+    if not (sep and all(p.isidentifier() for p in (*module.split("."), *attr.split(".")))):
+        return None
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    return Target(fn=ByName(ref), name=attr.rpartition(".")[2], kind=JobKind.IO)
 
 
 class ClientLink(Protocol):
@@ -101,9 +144,22 @@ class ClusterBackend:
         or a ``LocalLink``
     """
 
-    def __init__(self, link: ClientLink) -> None:
+    def __init__(self, link: ClientLink, *,
+                 reconnect: Callable[[], Awaitable[ClientLink]] | None = None,
+                 reconnect_s: float = RECONNECT_S) -> None:
         self.link = link
         self.address = link.address
+        #: opens a new link to the same coordinator (None: a lost link is lost for good)
+        self._reconnect = reconnect
+        self._reconnect_s = reconnect_s
+        #: the task that links again after the link broke, while it runs
+        self._recovering: asyncio.Task[None] | None = None
+        #: what was sent of each unfinished job, and each live scope's limits: sent
+        #: again to a coordinator that came back
+        self._sent: dict[str, JobSpec] = {}
+        self._scope_limits: dict[str, dict[str, LimitSpec]] = {}
+        #: links made after the first (tests and logs)
+        self.reconnects = 0
         #: unfinished jobs, sent or not
         self._entries: dict[str, JobEntry] = {}
         #: jobs submitted this loop iteration, not yet in the outbox
@@ -129,6 +185,8 @@ class ClusterBackend:
         self._heard = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._sender: asyncio.Task[None] | None = None
+        #: (jobs not finished yet, what to call once they have)
+        self._waiters: list[tuple[set[str], Callable[[], None]]] = []
         self._stop_sending = False
 
     def start(self) -> None:
@@ -193,14 +251,15 @@ class ClusterBackend:
         """:raises ValueError: if the scope is declared already"""
         if scope in self._scopes:
             raise ValueError(f"limits of scope {scope!r} are declared already")
-        self._check_open()
         self._scopes.add(scope)
+        self._scope_limits[scope] = dict(limits)
         self._flush_submits()  # keep the order: jobs submitted before, then this
         self._put(DeclareLimits(scope, dict(limits)))
 
     def release_limits(self, scope: str) -> None:
         if scope in self._scopes:
             self._scopes.discard(scope)
+            self._scope_limits.pop(scope, None)
             self._flush_submits()
             self._put(ReleaseLimits(scope))
 
@@ -210,6 +269,15 @@ class ClusterBackend:
     def pending(self) -> int:
         """Jobs submitted and not yet finished."""
         return len(self._entries)
+
+    def when_finished(self, job_ids: set[str], callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every job of ``job_ids`` has finished (now, if none is
+        unfinished)."""
+        ids = {job_id for job_id in job_ids if job_id in self._entries}
+        if ids:
+            self._waiters.append((ids, callback))
+        else:
+            callback()
 
     @property
     def is_open(self) -> bool:
@@ -278,6 +346,11 @@ class ClusterBackend:
                 await self._stop()
 
     async def _stop(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
+            self._recovering = None
         self._flush_submits()
         self._stop_sending = True
         self._wake_sender.set()
@@ -299,12 +372,12 @@ class ClusterBackend:
     # -- writing ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self.lost is not None:
-            raise RunnerClosed(f"the connection to the coordinator at {self.address} was "
-                               f"lost ({self.lost}); nothing more can be submitted")
         if self._closing:
             raise RunnerClosed("this cluster connection is closed; open one with "
                                "'async with asyncjobs.connect(address)'")
+        if self.lost is not None:
+            raise RunnerClosed(f"the connection to the coordinator at {self.address} was "
+                               f"lost ({self.lost}); nothing more can be submitted")
 
     def _put(self, msg: Message) -> None:
         self._outbox.append(msg)
@@ -321,10 +394,12 @@ class ClusterBackend:
         if self._pending:
             batch, self._pending = self._pending, {}
             specs: list[JobSpec] = []
+            sent = self._sent
             for entry in batch.values():
                 spec = self._spec(entry)
                 if spec is not None:
                     specs.append(spec)
+                    sent[spec.job_id] = spec
             for i in range(0, len(specs), SUBMIT_BATCH):
                 self._put(Submit(tuple(specs[i:i + SUBMIT_BATCH])))
         if self._cancels:
@@ -335,6 +410,9 @@ class ClusterBackend:
         """The job as it travels; None (and the job failed) if its call cannot."""
         try:
             call = entry.begin(1)
+            if isinstance(call.fn, ByName):
+                return JobSpec(entry.job_id, call.fn.ref, tuple(call.args),
+                               call.kwargs or None, limits=tuple(entry.limits))
             ref, args, kwargs = to_wire(call)
         except Exception as exc:
             self._fail(entry, ErrorInfo.from_exception(exc, retryable=False))
@@ -356,68 +434,61 @@ class ClusterBackend:
                 await self._send_batch(batch)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
                     LocalProtocolError) as exc:
-                self._lose(str(exc) or type(exc).__name__)
+                self._link_down(str(exc) or type(exc).__name__)
                 return
 
     async def _send_batch(self, batch: list[Message]) -> None:
-        link = self.link
-        while batch:
+        # One message per send: the transport makes a sender wait while its queue is
+        # over ``max_queued_bytes`` and flushes only after queueing everything it was
+        # given, so a several-message batch over that bound would wait for itself.
+        todo = deque(batch)
+        while todo:
+            msg = todo.popleft()
             try:
-                await link.send_many(batch)
-                return
-            except LocalProtocolError:
-                # send_many queued the messages before the bad one; find it, fix it
-                bad = self._first_unsendable(batch)
-                if bad is None:
-                    raise  # not the messages' fault: the link's state
-                index, replacement = bad
-                batch = [*replacement, *batch[index + 1:]]
-                if index > 0:
-                    await link.send_many(())  # flush what was queued before it
+                await self.link.send_many((msg,))
+            except LocalProtocolError as exc:
+                todo.extendleft(reversed(self._mend(msg, exc)))
 
-    def _first_unsendable(self, batch: list[Message]) -> tuple[int, list[Message]] | None:
-        """The first message of ``batch`` the link refuses, and what to send instead: a
-        ``Submit`` without the jobs that cannot travel (they fail), or split to fit."""
+    def _mend(self, msg: Message, exc: LocalProtocolError) -> list[Message]:
+        """What to send instead of a message the link refused (nothing was sent): a
+        ``Submit`` split in halves to fit the peer's frame limit, or without the jobs
+        that cannot travel (they fail, alone); any other message is dropped."""
+        if not isinstance(msg, Submit):
+            log.error("dropped a message the coordinator would refuse: %s", exc)
+            return []
+        if isinstance(exc, FrameTooLarge) and len(msg.jobs) > 1:
+            half = len(msg.jobs) // 2
+            return [Submit(msg.jobs[:half]), Submit(msg.jobs[half:])]
         link = self.link
         limit = (link.peer.max_frame_bytes if isinstance(link, Link)
                  else DEFAULT_MAX_FRAME_BYTES)
-        for index, msg in enumerate(batch):
+        keep: list[JobSpec] = []
+        for spec in msg.jobs:
             try:
-                size = len(encode(msg))
-            except LocalProtocolError:
-                size = None
-            if size is not None and size + 64 <= limit:
+                alone = len(encode(Submit((spec,))))
+            except LocalProtocolError as bad:
+                self._fail_id(spec.job_id, ErrorInfo.from_exception(bad, retryable=False))
                 continue
-            if not isinstance(msg, Submit):
-                log.error("dropped a message the coordinator would refuse: %r", msg)
-                return index, []
-            if size is not None and len(msg.jobs) > 1:  # too large: halves
-                half = len(msg.jobs) // 2
-                return index, [Submit(msg.jobs[:half]), Submit(msg.jobs[half:])]
-            keep: list[JobSpec] = []
-            for spec in msg.jobs:
-                try:
-                    alone = len(encode(Submit((spec,))))
-                except LocalProtocolError as exc:
-                    self._fail_id(spec.job_id, ErrorInfo.from_exception(exc, retryable=False))
-                    continue
-                if alone + 64 > limit:
-                    self._fail_id(spec.job_id, ErrorInfo(
-                        "FrameTooLarge", f"job {spec.job_id}: its arguments take {alone} "
-                        f"bytes, more than the coordinator accepts ({limit})",
-                        retryable=False))
-                    continue
-                keep.append(spec)
-            return index, ([Submit(tuple(keep))] if keep else [])
-        return None
+            if alone + FRAME_OVERHEAD > limit:
+                self._fail_id(spec.job_id, ErrorInfo(
+                    "FrameTooLarge", f"job {spec.job_id}: it takes {alone} bytes on the "
+                    f"wire, more than the coordinator accepts ({limit}); pass a path or a "
+                    f"URL instead of the data", retryable=False))
+                continue
+            keep.append(spec)
+        if len(keep) == len(msg.jobs):  # no job is at fault: do not try again forever
+            error = ErrorInfo.from_exception(exc, retryable=False)
+            for spec in keep:
+                self._fail_id(spec.job_id, error)
+            return []
+        return [Submit(tuple(keep))] if keep else []
 
     async def _heartbeat_loop(self) -> None:
         for seq in itertools.count():
             self._put(Heartbeat(seq))
             await asyncio.sleep(HEARTBEAT_S)
             if time.monotonic() - self._heard > SILENCE_S:
-                self._lose(f"no word from it for {SILENCE_S:g} s")
-                await self.link.aclose("the coordinator is silent")
+                self._link_down(f"no word from it for {SILENCE_S:g} s")
                 return
 
     # -- reading ----------------------------------------------------------------------
@@ -452,7 +523,7 @@ class ClusterBackend:
             reason = "the client closed"
         except anyio.BrokenResourceError as exc:
             reason = str(exc) or type(exc).__name__
-        self._lose(reason)
+        self._link_down(reason)
 
     def _outcomes(self, msg: Outcome) -> None:
         entries = self._entries
@@ -471,13 +542,26 @@ class ClusterBackend:
         if self._entries.pop(job_id, None) is None:
             return
         self._pending.pop(job_id, None)
+        self._sent.pop(job_id, None)
         self._cancelling.discard(job_id)
         try:
             entry.finished(done)
         except Exception:  # a bug in a callback must not stop the reader
             log.exception("finishing job %s failed", job_id)
-        finally:
-            self._idle.set()
+        self._idle.set()
+        if self._waiters:
+            self._wake_waiters(job_id)
+
+    def _wake_waiters(self, job_id: str) -> None:
+        for waiter in list(self._waiters):
+            ids, callback = waiter
+            ids.discard(job_id)
+            if not ids:
+                self._waiters.remove(waiter)
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a callback after jobs finished failed")
 
     def _fail(self, entry: JobEntry, error: ErrorInfo, attempts: int = 0) -> None:
         self._finish(entry, JobFinished(entry.job_id, JobStatus.FAILED, attempts,
@@ -497,6 +581,70 @@ class ClusterBackend:
         error = self._lost_error()
         for entry in batch.values():
             self._fail(entry, error)
+
+    def _link_down(self, reason: str) -> None:
+        """The link broke (or the coordinator went silent): link again if we may, else
+        the link is lost for good (``_lose``)."""
+        if self._closing or self._reconnect is None or self.lost is not None:
+            self._lose(reason)
+        elif self._recovering is None:
+            log.warning("the link with the coordinator at %s broke (%s); linking again",
+                        self.address, reason)
+            self._recovering = asyncio.get_running_loop().create_task(self._recover(reason))
+
+    async def _recover(self, reason: str) -> None:
+        """Link again within ``reconnect_s`` (the coordinator restarting, a network
+        blip), then send again what it may not have: each live scope's limits and every
+        unfinished job (at-least-once: a job may run twice; its result counts once).
+        Jobs being cancelled end here, cancelled. Past the deadline, the link is lost."""
+        me = asyncio.current_task()
+        for task in (*self._tasks, self._sender):
+            if task is not None and task is not me:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self.link.aclose("linking again")
+        deadline = time.monotonic() + self._reconnect_s
+        delay = RECONNECT_FIRST_S
+        link: ClientLink | None = None
+        last = reason
+        while link is None and not self._closing:
+            try:
+                assert self._reconnect is not None
+                link = await self._reconnect()
+            except (OSError, AsyncJobsError) as exc:  # ConnectionFailed and its kin
+                last = str(exc)
+                if time.monotonic() + delay > deadline:
+                    break
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, RECONNECT_CAP_S)
+        self._recovering = None
+        if link is None:
+            self._lose(f"{reason}; no coordinator at {self.address} for "
+                       f"{self._reconnect_s:g} s ({last})")
+            return
+        self.link = link
+        self.reconnects += 1
+        self._heard = time.monotonic()
+        for job_id in list(self._cancelling):
+            entry = self._entries.get(job_id)
+            if entry is not None:
+                self._finish(entry, JobFinished(job_id, JobStatus.CANCELLED, 0,
+                                                error=ErrorInfo("Cancelled", reason)))
+        self._cancels.clear()
+        again: list[Message] = [DeclareLimits(scope, dict(limits))
+                                for scope, limits in self._scope_limits.items()]
+        specs = list(self._sent.values())
+        again += [Submit(tuple(specs[i:i + SUBMIT_BATCH]))
+                  for i in range(0, len(specs), SUBMIT_BATCH)]
+        # what was queued meanwhile that is still news: flow reports, status requests
+        again += [m for m in self._outbox
+                  if not isinstance(m, Submit | DeclareLimits | ReleaseLimits | Cancel
+                                    | Heartbeat)]
+        self._outbox = again
+        log.warning("linked again with the coordinator at %s; %d unfinished jobs sent "
+                    "again", self.address, len(specs))
+        self.start()
+        self._wake_sender.set()
 
     def _lose(self, reason: str) -> None:
         """The link is gone: every unfinished job fails, saying so."""
@@ -560,7 +708,8 @@ class ClusterFlowRun(FlowRun):
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            self._tell(state)
+            # cancelled jobs end when the coordinator says so: count them first
+            self.cluster.when_finished(set(self._live), lambda: self._tell(state))
 
     async def _report_loop(self) -> None:
         while True:

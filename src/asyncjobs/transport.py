@@ -32,7 +32,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from .errors import ConnectionFailed, HandshakeFailed, HandshakeTimeout
+from .errors import ClusterConfigError, ConnectionFailed, HandshakeFailed, HandshakeTimeout
 from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     NEED_DATA,
@@ -422,6 +422,9 @@ def _os_reason(exc: OSError) -> str:
     causes = getattr(exc, "exceptions", None)
     if causes:
         exc = causes[0]
+    # anyio says "all connection attempts failed" and keeps the last one as the cause
+    if not exc.strerror and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
@@ -532,3 +535,23 @@ def tls_contexts(
     client.check_hostname = False
     client.load_cert_chain(str(cert), str(key))
     return server, client
+
+
+def tls_from_files(cert: str | None, key: str | None, ca: str | None, *,
+                   server: bool) -> ssl.SSLContext | None:
+    """The context of ``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (None when none is
+    given), for a listener (``server``) or for a side that connects.
+
+    :raises ClusterConfigError: for some of the three but not all, or files that do not
+        load (saying why)
+    """
+    given = (cert, key, ca)
+    if not any(given):
+        return None
+    if cert is None or key is None or ca is None:
+        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    try:
+        contexts = tls_contexts(cert, key, ca)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ClusterConfigError(f"cannot load the TLS files: {exc}") from None
+    return contexts[0] if server else contexts[1]

@@ -39,3 +39,7 @@ async def mark_and_sleep(path: str, seconds: float) -> None:
 
 def total(values: list[int]) -> int:
     return sum(values)
+
+
+def size_of(data: bytes) -> int:
+    return len(data)

@@ -33,6 +33,23 @@ SECRET = "client-test-secret-5e1"
 JOBS = "tests.cluster.client_jobs"
 
 
+#: a module the nodes have and this process has not
+ONLY_ON_NODES = """
+import asyncio
+
+import asyncjobs
+
+
+def twice(x):
+    return 2 * x
+
+
+@asyncjobs.job(timeout=0.2)
+async def dawdle():
+    await asyncio.sleep(5)
+"""
+
+
 @pytest.fixture(scope="module")
 def lonely(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     """A coordinator with no node: jobs wait there."""
@@ -45,9 +62,11 @@ def lonely(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
     """A coordinator with nodes ``a`` and ``b``, one loop each."""
     tmp = tmp_path_factory.mktemp("two-nodes")
+    (tmp / "only_on_nodes.py").write_text(ONLY_ON_NODES)
+    env = {"PYTHONPATH": os.pathsep.join([REPO, str(tmp)])}
     coord = Coordinator(tmp, secret=SECRET)
-    with coord, Node(tmp, coord.address, "a", secret=SECRET), \
-            Node(tmp, coord.address, "b", secret=SECRET):
+    with coord, Node(tmp, coord.address, "a", secret=SECRET, env=env), \
+            Node(tmp, coord.address, "b", secret=SECRET, env=env):
         anyio.run(lambda: wait_for_nodes(coord, ["a", "b"]))
         yield coord
 
@@ -143,7 +162,7 @@ def test_no_coordinator_wrong_secret_or_readable_secret_file_exit_2(
     nobody = f"127.0.0.1:{free_port()}"
     for command in (["status"], ["run", str(flow)]):
         r = cli(*command, "--connect", nobody)
-        assert r.returncode == 2
+        assert r.returncode == 2 and "connection refused" in r.stderr
         one_line_naming(r.stderr, nobody)
         r = cli(*command, "--connect", lonely.address, secret="not-it")
         assert r.returncode == 2
@@ -268,6 +287,9 @@ async def test_ctrl_c_exits_130_and_cancels_the_jobs_on_the_cluster(
         env=daemon_env(SECRET), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         await wait_for_lines(marks, "started", 4)
+        shown = [(f.state, f.done, f.total) for f in (await status(two_nodes, SECRET)).flows
+                 if f.file == "sleepy.yaml"]
+        assert shown == [("running", 0, 4)]
         os.kill(run.pid, signal.SIGINT)
         _, err = run.communicate(timeout=15)
     finally:
@@ -281,7 +303,8 @@ async def test_ctrl_c_exits_130_and_cancels_the_jobs_on_the_cluster(
             await anyio.sleep(0.05)
     assert "ended" not in marks.read_text()
     flows = (await status(two_nodes, SECRET)).flows
-    assert [f.state for f in flows if f.file == "sleepy.yaml"] == ["cancelled"]
+    assert [(f.state, f.done, f.total) for f in flows
+            if f.file == "sleepy.yaml"] == [("cancelled", 4, 4)]
 
 
 async def test_jobs_that_cannot_travel_fail_alone_and_the_rest_run(
@@ -304,7 +327,8 @@ async def test_a_lost_coordinator_fails_the_unfinished_jobs_and_submit_raises(
         tmp_path: Path) -> None:
     coord = Coordinator(tmp_path, secret=SECRET)
     try:
-        async with asyncjobs.connect(coord.address, secret=SECRET) as cluster:
+        async with asyncjobs.connect(coord.address, secret=SECRET,
+                                     reconnect_s=1.0) as cluster:
             job = cluster.submit(client_jobs.nap, 1, 0)
             await anyio.sleep(0.2)
             coord.signal(signal.SIGKILL)
@@ -406,3 +430,27 @@ def test_run_connect_starts_no_process_here(two_nodes: Coordinator, tmp_path: Pa
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=30, env=daemon_env(SECRET), cwd=tmp_path)
     assert r.stdout.strip() == "0 []", r.stdout + r.stderr
+
+
+async def test_a_batch_past_the_frame_limit_is_split_and_a_job_past_it_fails_alone(
+        two_nodes: Coordinator) -> None:
+    async with asyncjobs.connect(two_nodes.address, secret=SECRET) as cluster:
+        big = b"x" * (6 << 20)  # three of them exceed the 16 MiB frame limit
+        fitting = [cluster.submit(client_jobs.size_of, big) for _ in range(3)]
+        huge = cluster.submit(client_jobs.size_of, b"x" * (17 << 20))
+        with pytest.raises(asyncjobs.JobFailed, match="more than the coordinator accepts"):
+            await huge
+        assert [await j for j in fitting] == [len(big)] * 3
+
+
+async def test_a_reference_only_the_nodes_can_import_travels_by_name(
+        two_nodes: Coordinator) -> None:
+    async with asyncjobs.connect(two_nodes.address, secret=SECRET) as cluster:
+        assert await cluster.submit("only_on_nodes:twice", 21) == 42
+        assert await cluster.map("only_on_nodes:twice", range(5)) == [0, 2, 4, 6, 8]
+        with pytest.raises(asyncjobs.JobTimeout):  # its @job(timeout=0.2), on the node
+            await cluster.submit("only_on_nodes:dawdle")
+        with pytest.raises(asyncjobs.JobFailed, match="nowhere_at_all"):
+            await cluster.submit("nowhere_at_all:fn")
+        with pytest.raises(ImportError, match="did you mean 'nap'"):  # a module we have
+            cluster.submit(f"{JOBS}:napp")

@@ -145,3 +145,52 @@ async def test_a_tls_cluster_runs_jobs_and_a_flow(tmp_path: Path,
             report = await cluster.run_flow(flow)
     assert report.ok and len(report.records) == 21
     assert {r.node for r in report.records} == {"a"}
+
+
+async def test_a_flow_lives_through_a_coordinator_restart(tmp_path: Path) -> None:
+    """kill -9 of the coordinator mid-flow, and a new one on the same port: the node and
+    the client link again, the unfinished jobs are sent again, the flow succeeds."""
+    ledger = tmp_path / "ledger"
+    flow = tmp_path / "jobs.yaml"
+    flow.write_text(
+        "jobs:\n"
+        "  work:\n"
+        "    foreach: {range: 400}\n"
+        "    call: tests.cluster_jobs:ledger\n"
+        f"    args: [{str(ledger)!r}, '{{{{ item }}}}', 0.01]\n"
+        "  after: {needs: [work], shell: 'echo done'}\n")
+    report = tmp_path / "report.json"
+    first = Coordinator(tmp_path, name="first")
+    second = None
+    run = None
+    try:
+        with Node(tmp_path, first.address, "a", "--io-concurrency", "20"):
+            await wait_for_nodes(first, ["a"])
+            run = subprocess.Popen(  # noqa: ASYNC220 - the command runs beside this loop
+                [sys.executable, "-m", "asyncjobs", "run", str(flow), "--connect",
+                 first.address, "--report", str(report), "--quiet"],
+                env=daemon_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # noqa: ASYNC110 - a file has no event
+                if ledger.exists() and len(ledger.read_text().splitlines()) >= 100:
+                    break
+                await anyio.sleep(0.02)
+            first.signal(signal.SIGKILL)
+            first.stop()
+            second = Coordinator(tmp_path, "--listen", f"127.0.0.1:{first.port}",
+                                 name="second")
+            out, err = run.communicate(timeout=60)
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.wait()
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert run.returncode == 0, err
+    assert "linked again" in err
+    records = json.loads(report.read_text())["jobs"]
+    assert len(records) == 401 and all(r["status"] == "succeeded" for r in records)
+    ran = Counter(int(line.split()[0]) for line in ledger.read_text().splitlines())
+    assert set(ran) == set(range(400))

@@ -293,13 +293,8 @@ class Coordination:
 
     def to_dict(self) -> dict[str, Any]:
         """The coordinator's state as plain data (``--http``'s ``/state``)."""
-        reply = self.status()
         return {
-            "nodes": [{"name": n.name, "alive": n.alive, "loops": n.loops,
-                       "slots_used": n.slots_used, "slots_total": n.slots_total,
-                       "last_heartbeat_s": n.last_heartbeat_s} for n in reply.nodes],
-            "flows": [{"id": f.flow_id, "file": f.file, "state": f.state, "done": f.done,
-                       "total": f.total} for f in reply.flows],
+            **self.status().to_json(),
             "jobs_active": len(self._jobs), "clients": len(self._clients),
             "loops": len(self._loops), "attempts_waiting": self.cluster.waiting,
             "stale_results": self.cluster.stale_results,

@@ -28,7 +28,7 @@ from ..core.coordination import Close, Coordination, Output, Send
 from ..errors import ClusterConfigError
 from ..protocol import FrameTooLarge, Role
 from ..protocol.messages import Assign, Message, Outcome, encode
-from ..transport import Link, serve, tls_contexts
+from ..transport import Link, serve, tls_from_files
 from .systemd import Notifier
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
         http = None if args.http is None else parse_address(args.http,
                                                              default_host="127.0.0.1")
         secret = load_secret(args.secret_file)
-        tls = _server_tls(args)
+        tls = tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=True)
     except ClusterConfigError as exc:
         return _fail(str(exc))
     if not secret and not is_loopback(host):
@@ -392,15 +392,3 @@ def _stop(scope: anyio.CancelScope, notifier: Notifier) -> None:
 
 def _shown(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    given = [args.tls_cert, args.tls_key, args.tls_ca]
-    if not any(given):
-        return None
-    if not all(given):
-        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
-    try:
-        return tls_contexts(args.tls_cert, args.tls_key, args.tls_ca)[0]
-    except (OSError, ValueError) as exc:
-        raise ClusterConfigError(f"cannot load the TLS files: {exc}") from None

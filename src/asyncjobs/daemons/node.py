@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import SECRET_ENV, load_secret, parse_address
 from ..errors import ClusterConfigError
+from ..transport import tls_from_files
 from .loop import REGISTERED, LoopSettings
 from .systemd import SYSTEMD_ENV, Notifier
 
@@ -99,9 +100,8 @@ def settings_from_args(args: argparse.Namespace, secret: bytes) -> list[LoopSett
     name = socket.gethostname() if args.name is None else args.name
     if not name.strip() or not name.isprintable():
         raise ClusterConfigError(f"--name must be printable text, not {name!r}")
-    tls = (args.tls_cert, args.tls_key, args.tls_ca)
-    if any(tls) and not all(tls):
-        raise ClusterConfigError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    # the loops load the files themselves; load them once here to fail early, clearly
+    tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
     threads = max(1, min(32, cores + 4) // loops)
     made = [LoopSettings(host=host, port=port, secret=secret, index=i, loops=loops,
                          name=name, cpu_workers=cpu_share(cpu, loops, i),
@@ -109,11 +109,6 @@ def settings_from_args(args: argparse.Namespace, secret: bytes) -> list[LoopSett
                          drain_timeout_s=float(drain), tls_cert=args.tls_cert,
                          tls_key=args.tls_key, tls_ca=args.tls_ca)
             for i in range(loops)]
-    if all(tls):
-        try:
-            made[0].client_tls()
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise ClusterConfigError(f"TLS: {exc}") from None
     return made
 
 

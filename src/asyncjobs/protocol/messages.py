@@ -235,6 +235,16 @@ class StatusReply:
     nodes: tuple[NodeInfo, ...]
     flows: tuple[FlowStatus, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        """SPEC section 4's object of ``asyncjobs status --json``."""
+        return {
+            "nodes": [{"name": n.name, "alive": n.alive, "loops": n.loops,
+                       "slots_used": n.slots_used, "slots_total": n.slots_total,
+                       "last_heartbeat_s": n.last_heartbeat_s} for n in self.nodes],
+            "flows": [{"id": f.flow_id, "file": f.file, "state": f.state, "done": f.done,
+                       "total": f.total} for f in self.flows],
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class DeclareLimits:
