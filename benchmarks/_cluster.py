@@ -5,8 +5,9 @@ import tests.)
 
 Every process is started from the repository root with the root on ``PYTHONPATH``, so
 nodes import ``benchmarks.cluster_jobs`` (and ``examples``) by the name the client
-uses. Each daemon gets a session of its own; ``stop()`` sends SIGTERM to its PID and,
-past a deadline, SIGKILL to that PID and to the descendants it had (by their PIDs).
+uses. ``stop()`` sends SIGTERM to its PID and, past a deadline, SIGKILL to that PID and
+to the descendants it had (by their PIDs); a daemon whose starter dies gets SIGTERM
+(``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def asyncjobs_argv() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "asyncjobs"]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (even
+    killed with SIGKILL, say by the harness's timeout), so no daemon outlives a run."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class DaemonExited(RuntimeError):
     """A daemon exited before it said it was ready (its log's tail is the message)."""
 
@@ -59,7 +70,8 @@ class Daemon:
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*asyncjobs_argv(), *argv], stdin=subprocess.DEVNULL, stdout=self._log_file,
-            stderr=self._log_file, env=env_with_root(), cwd=ROOT, start_new_session=True,
+            stderr=self._log_file, env=env_with_root(), cwd=ROOT,
+            preexec_fn=_die_with_parent,
         )
         self.pid = self.proc.pid
 
