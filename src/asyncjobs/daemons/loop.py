@@ -316,6 +316,9 @@ class LoopProcess:
             JobKind.IO: s.io_concurrency, JobKind.CPU: s.cpu_workers,
             JobKind.THREAD: s.thread_workers})]
         self._results = []
+        # the sender goes at once: it would otherwise wait for the first heartbeat's
+        # wake-up, and the node would register a second late
+        self._wake.set()
         try:
             async with anyio.create_task_group() as tg:
                 sender_done = anyio.Event()
