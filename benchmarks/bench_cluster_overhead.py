@@ -9,6 +9,10 @@ Variants, each in a fresh interpreter, once per round, alternating:
   Runner took (its start-up: serve, start the node, its loops register).
 - ``connect``: ``connect().map`` of the same against ``asyncjobs coordinator`` and one
   ``asyncjobs node --loops 1`` (started before, not timed).
+- ``core``: ``core.coordination.Coordination`` alone, no IO: one client submits ``n``
+  jobs through a window of 4,096, two loops of 1,024 io slots answer every ``Assign``
+  at once (1,000 results a frame). The scheduling side's own cost, without the noise of
+  other processes. (Not part of the default set.)
 
 With ``--base SRC`` (a ``src`` directory of another tree, e.g. ``git archive main src``
 unpacked), every variant also runs on that tree in the same rounds, and the ratios
@@ -26,11 +30,12 @@ import statistics
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = str(ROOT / "src")
-VARIANTS = ("loops1", "loops2", "connect")
+VARIANTS = ("loops1", "loops2", "connect", "core")
 WARMUP = 2000
 CHILD_TIMEOUT_S = 300
 
@@ -92,10 +97,58 @@ async def _connect(n: int) -> dict[str, float]:
             proc.wait(10)
 
 
+def _core(n: int) -> dict[str, float]:
+    from asyncjobs.core.coordination import Coordination, Send
+    from asyncjobs.model import JobKind
+    from asyncjobs.protocol.messages import (
+        Assign,
+        AttemptResult,
+        JobSpec,
+        Outcome,
+        Register,
+        Result,
+        Submit,
+    )
+
+    c = Coordination()
+    c.client_joined(1, 1.0)
+    for i, link in enumerate((2, 3)):
+        c.node_joined(link, Register("local", i, 2, {JobKind.IO: 1024, JobKind.CPU: 1,
+                                                     JobKind.THREAD: 4}), 1.0)
+    assigned: dict[int, list[typing.Any]] = {2: [], 3: []}
+    counts = {"sent": 0, "done": 0}
+
+    def take(out: list[typing.Any]) -> None:
+        for o in out:
+            if type(o) is Send and type(o.msg) is Assign:
+                assigned[o.link].extend(o.msg.attempts)
+            elif type(o) is Send and type(o.msg) is Outcome:
+                counts["done"] += len(o.msg.jobs)
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    while counts["done"] < n:
+        sent = counts["sent"]
+        k = min(4096 - (sent - counts["done"]), n - sent)
+        if k > 0:
+            take(c.message(1, Submit(tuple(
+                JobSpec(f"aio_add-{sent + j}", "tests.jobs:aio_add", (sent + j, 1), None,
+                        JobKind.IO, None, 0, 1.0) for j in range(k))), 1.0))
+            counts["sent"] += k
+        for link in (2, 3):
+            atts, assigned[link] = assigned[link], []
+            for s in range(0, len(atts), 1000):
+                take(c.message(link, Result(tuple(
+                    AttemptResult(a.job_id, a.attempt, a.args[0] + 1, None, 0.0001)
+                    for a in atts[s:s + 1000])), 1.0))
+    return {"map_s": time.perf_counter() - wall, "map_cpu_s": time.process_time() - cpu}
+
+
 def child(variant: str, n: int) -> None:
     import asyncjobs
 
-    if variant == "connect":
+    if variant == "core":
+        result = _core(n)
+    elif variant == "connect":
         result = asyncjobs.run(lambda: _connect(n))
     else:
         result = asyncjobs.run(lambda: _runner(int(variant[-1]), n))
@@ -154,7 +207,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--base", help="a src directory to compare with (before)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:3]))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:

@@ -92,6 +92,18 @@ class Entry(JobEntry):
         self.on_done(done)
 
 
+def check_new_ids(known: Mapping[str, object], entries: tuple[JobEntry, ...]) -> None:
+    """What every backend's ``submit`` checks first, so nothing of a bad call is taken.
+
+    :raises ValueError: for an id already in ``known``, or one the call names twice
+    """
+    for entry in entries:
+        if entry.job_id in known:
+            raise ValueError(f"job {entry.job_id!r} was submitted twice")
+    if len(entries) > 1 and len({e.job_id for e in entries}) < len(entries):
+        raise ValueError("one submit() names a job id twice")
+
+
 class Backend(Protocol):
     """What ``submit``, ``map`` and flows need from whatever runs their jobs."""
 

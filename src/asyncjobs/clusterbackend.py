@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from .backend import check_new_ids
 from .core.commands import JobFinished
 from .errors import AsyncJobsError, RunnerClosed
 from .executors.remote import to_wire
@@ -211,11 +212,7 @@ class ClusterBackend:
         if self._closing:
             self._check_open()
         known = self._entries
-        for entry in entries:
-            if entry.job_id in known:
-                raise ValueError(f"job {entry.job_id!r} was submitted twice")
-        if len(entries) > 1 and len({e.job_id for e in entries}) < len(entries):
-            raise ValueError("one submit() names a job id twice")
+        check_new_ids(known, entries)
         for entry in entries:
             known[entry.job_id] = entry
             self._pending[entry.job_id] = entry

@@ -14,6 +14,7 @@ import gc
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from .backend import check_new_ids
 from .core.commands import CancelAttempt, JobFinished, StartAttempt
 from .core.events import (
     AttemptCancelled,
@@ -102,11 +103,7 @@ class Engine:
         if self._closed:
             raise RunnerClosed("the runner is closed; open it with 'async with Runner()'")
         known = self._entries
-        for entry in entries:
-            if entry.job_id in known:
-                raise ValueError(f"job {entry.job_id!r} was submitted twice")
-        if len(entries) > 1 and len({e.job_id for e in entries}) < len(entries):
-            raise ValueError("one submit() names a job id twice")
+        check_new_ids(known, entries)
         now = self._now()
         stimulus = f"submit-{next(self._submits)}"  # one per call: a map refill is one
         inbox = self._inbox

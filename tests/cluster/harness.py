@@ -7,6 +7,7 @@ which port it got), logs to a file in the test's folder, and is stopped by its P
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -42,6 +43,16 @@ def daemon_env(secret: str | None = None, extra: Mapping[str, str] | None = None
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the test process dies, so a pytest
+    killed by its timeout (no ``finally`` runs then) leaves no daemon behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class Daemon:
     """A process we started; ``log`` is its stderr."""
 
@@ -52,6 +63,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "asyncjobs", *argv], stdin=subprocess.DEVNULL,
             stdout=self._log_file, stderr=self._log_file, env=dict(env), cwd=REPO,
+            preexec_fn=_die_with_parent,
         )
         self.pid = self.proc.pid
 

@@ -98,6 +98,8 @@ KEEP_FLOWS_S = 600.0
 OUTCOMES_PER_FRAME = 1000
 #: a client silent this many times ``dead_after_s`` is closed
 CLIENT_SILENCE_FACTOR = 3.0
+#: ``counts``' key for each terminal status (made once, not per job)
+_FINISHED_KEYS = {s: f"finished_{s.value}" for s in JobStatus if s.terminal}
 
 
 @dataclass(slots=True)
@@ -190,7 +192,7 @@ class Coordination:
         #: nodes, attempts lost with a node, jobs refused at submission
         self.counts: dict[str, int] = dict.fromkeys(
             ("submitted", "refused", "attempts_sent", "attempts_lost",
-             *(f"finished_{s.value}" for s in JobStatus if s.terminal)), 0)
+             *_FINISHED_KEYS.values()), 0)
 
     # -- links ------------------------------------------------------------------------
 
@@ -354,20 +356,23 @@ class Coordination:
         events: list[Event] = []
         refused: list[JobOutcome] = []
         seen: set[str] = set()
+        prefix, jobs, mine = client.prefix, self._jobs, client.jobs
         for spec in specs:
-            gid = client.prefix + spec.job_id
-            limits = tuple(client.prefix + name for name in spec.limits)
-            unknown = [n for n in spec.limits if client.prefix + n not in client.limits]
-            if gid in self._jobs or gid in seen:
+            gid = prefix + spec.job_id
+            if gid in jobs or gid in seen:
                 refused.append(_refused(spec, f"job id {spec.job_id!r} is in use"))
                 continue
-            if unknown:
-                refused.append(_refused(spec, f"job {spec.job_id!r} names limits never "
-                                              f"declared: {', '.join(unknown)}"))
-                continue
+            limits: tuple[str, ...] = ()
+            if spec.limits:  # most jobs name none: no tuple, no list built for them
+                limits = tuple(prefix + name for name in spec.limits)
+                unknown = [n for n in spec.limits if prefix + n not in client.limits]
+                if unknown:
+                    refused.append(_refused(spec, f"job {spec.job_id!r} names limits "
+                                                  f"never declared: {', '.join(unknown)}"))
+                    continue
             seen.add(gid)
-            self._jobs[gid] = _Job(client, spec, spec.kind or JobKind.IO)
-            client.jobs.add(gid)
+            jobs[gid] = _Job(client, spec, spec.kind or JobKind.IO)
+            mine.add(gid)
             events.append(JobSubmitted(
                 gid, limits, 0 if spec.retries is None else spec.retries,
                 1.0 if spec.backoff_s is None else spec.backoff_s, now))
@@ -431,48 +436,47 @@ class Coordination:
             if sched:
                 batch, sched = sched, []
                 for cmd in self.scheduler.handle(*batch):
-                    if type(cmd) is StartAttempt:
+                    if type(cmd) is JobFinished:
+                        self._finished(cmd, wall)
+                        clus.append(JobDone(cmd.job_id, now))
+                    elif type(cmd) is StartAttempt:
                         clus.append(AttemptReady(cmd.job_id, cmd.attempt,
                                                  self._jobs[cmd.job_id].kind, now))
-                    elif type(cmd) is CancelAttempt:
+                    else:
+                        assert type(cmd) is CancelAttempt
                         where = self.cluster.where(cmd.job_id, cmd.attempt)
                         link = None if where is None else self._loop_links.get(where)
                         if link is None:
                             sched.append(AttemptCancelled(cmd.job_id, cmd.attempt, now))
                         else:
                             cancels.setdefault(link, []).append(cmd.job_id)
-                    else:
-                        assert type(cmd) is JobFinished
-                        self._finished(cmd, wall)
-                        clus.append(JobDone(cmd.job_id, now))
             if clus:
                 batch_c, clus = clus, []
                 for ccmd in self.cluster.handle(*batch_c):
-                    t = type(ccmd)
-                    if t is SendAssign:
-                        assert isinstance(ccmd, SendAssign)
+                    # most frequent first: a result per job, an assign per loop and batch
+                    if isinstance(ccmd, RecordResult):
+                        assert held is not None
+                        r = held[(ccmd.job_id, ccmd.attempt)]
+                        sched.append(
+                            AttemptSucceeded(r.job_id, r.attempt, r.value, now)
+                            if r.error is None
+                            else AttemptFailed(r.job_id, r.attempt, _located(r, ccmd.node),
+                                               now))
+                    elif isinstance(ccmd, SendAssign):
                         link = self._loop_links.get((ccmd.node, ccmd.loop))
                         specs = assigns.setdefault(-1 if link is None else link, [])
                         self.counts["attempts_sent"] += len(ccmd.attempts)
+                        jobs = self._jobs
                         for job_id, attempt in ccmd.attempts:
-                            job = self._jobs[job_id]
+                            job = jobs[job_id]
                             job.node, job.started_s = ccmd.node, wall
                             s = job.spec
                             specs.append(AttemptSpec(job_id, attempt, s.target, s.args,
                                                      s.kwargs, s.kind, s.timeout_s))
-                    elif t is RecordResult:
-                        assert isinstance(ccmd, RecordResult) and held is not None
-                        r = held[(ccmd.job_id, ccmd.attempt)]
-                        sched.append(
-                            AttemptSucceeded(r.job_id, r.attempt, r.value, now) if r.ok
-                            else AttemptFailed(r.job_id, r.attempt, _located(r, ccmd.node),
-                                               now))
-                    elif t is RequeueLost:
-                        assert isinstance(ccmd, RequeueLost)
+                    elif isinstance(ccmd, RequeueLost):
                         self.counts["attempts_lost"] += 1
                         sched.append(AttemptLost(ccmd.job_id, ccmd.attempt, ccmd.error, now))
-                    elif t is FailJob:
-                        assert isinstance(ccmd, FailJob)
+                    elif isinstance(ccmd, FailJob):
                         self.counts["attempts_lost"] += 1
                         error = replace(ccmd.error, retryable=False)
                         sched.append(AttemptFailed(ccmd.job_id, ccmd.attempt, error, now))
@@ -494,7 +498,7 @@ class Coordination:
 
     def _finished(self, cmd: JobFinished, wall: float) -> None:
         job = self._jobs.pop(cmd.job_id)
-        self.counts[f"finished_{cmd.status.value}"] += 1
+        self.counts[_FINISHED_KEYS[cmd.status]] += 1
         client = job.client
         client.jobs.discard(cmd.job_id)
         if self._clients.get(client.link) is not client:

@@ -573,7 +573,8 @@ class ClusterState:
     def _on_ready(self, ev: AttemptReady) -> None:
         att = _Attempt(ev.job_id, ev.attempt, ev.kind)
         key = (ev.job_id, ev.attempt)
-        old = self._attempts.get((ev.job_id, self._latest.get(ev.job_id, 0)))
+        latest = self._latest.get(ev.job_id)  # None for a job's first attempt: most
+        old = None if latest is None else self._attempts.get((ev.job_id, latest))
         if old is not None and old.node is None:
             # never placed, and now outdated; one already on a node keeps its slot until
             # its (stale) result or its node's end
@@ -583,7 +584,9 @@ class ClusterState:
         self._pending[ev.kind].append(att)
 
     def _on_ended(self, ev: AttemptEnded, out: list[ClusterCommand]) -> None:
-        self._heard(ev.node)
+        node = self._nodes[ev.node]  # _heard, inline: once per result
+        if node.status in _LIVE and self._now > node.last_heartbeat:
+            node.last_heartbeat = self._now
         key = (ev.job_id, ev.attempt)
         att = self._attempts.get(key)
         if att is None or att.node != ev.node:
@@ -596,7 +599,8 @@ class ClusterState:
             return
         self._unassign(att)
         del self._attempts[key]
-        self._forget_if_done(ev.job_id)
+        if self._done:
+            self._forget_if_done(ev.job_id)
         out.append(RecordResult(ev.node, ev.job_id, ev.attempt, ev.stimulus_id))
 
     def _on_draining(self, ev: NodeDraining) -> None:

@@ -351,13 +351,13 @@ class SchedulerState:
 
     def _current(self, job_id: str, attempt: int) -> _Job | None:
         """Free the attempt's limits; return its job if the attempt is still current."""
-        self._release(job_id, attempt)
-        job = self._jobs.get(job_id)
+        job = self._release(job_id, attempt)
         if job is None or job.status is not S.RUNNING or job.attempt != attempt:
             return None
         return job
 
-    def _release(self, job_id: str, attempt: int) -> None:
+    def _release(self, job_id: str, attempt: int) -> _Job | None:
+        """Free the attempt's limits; return its job, if known (one lookup for both)."""
         job = self._jobs.get(job_id)
         if job is not None and job.attempt == attempt and job.held is not None:
             held: tuple[str, ...] | None = job.held
@@ -371,6 +371,7 @@ class SchedulerState:
                 if not limit.in_use and name in self._retired:
                     self._retired.discard(name)
                     del self.limits[name]
+        return job
 
     def _finish(
         self, job: _Job, out: list[Command], *, result: Any = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import itertools
 import logging
 import signal
@@ -332,6 +333,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="asyncjobs coordinator: %(message)s")
     server = CoordinatorServer(secret=secret, dead_after_s=args.dead_after, tls=tls)
+    _tune_gc()
     from ..eventloop import run
 
     try:
@@ -341,6 +343,21 @@ def main(args: argparse.Namespace) -> int:
         if bind is None:
             raise
         return _fail(f"cannot listen on {args.listen}: {bind.strerror or bind}")
+
+
+#: gen-0 threshold of the coordinator's process (CPython's default is 700)
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """The process is the coordinator's alone (as ``asyncjobs run``'s is the run's): freeze
+    what exists now, so no full collection walks it again, and collect the youngest
+    generation less often. It makes about ten short-lived objects per job; with the
+    defaults the collector took ~15 % of the coordination's CPU on 20k io jobs."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _os_error(exc: BaseException) -> OSError | None:

@@ -57,11 +57,12 @@ from ..protocol import (
     Result,
     Role,
 )
-from ..transport import Link, connect, tls_contexts
+from ..transport import Link, connect
+from .settings import PULSE as PULSE
+from .settings import REGISTERED as REGISTERED
+from .settings import LoopSettings as LoopSettings
 
 if TYPE_CHECKING:
-    import ssl
-    from collections.abc import Mapping
 
     from ..core.commands import JobFinished
     from ..executors.base import Executor, Sink
@@ -84,52 +85,6 @@ CONNECT_LOG_EVERY_S = 60.0
 RESULTS_PER_FRAME = 1000
 #: how long cancelled attempts may take to end when the link is lost or we stop
 CANCEL_WAIT_S = 5.0
-#: what a loop writes on its status pipe
-PULSE, REGISTERED = b".", b"R"
-
-
-@dataclass(frozen=True, slots=True)
-class LoopSettings:
-    """What one loop process needs; the supervisor sends it as JSON on stdin."""
-
-    host: str
-    port: int
-    #: the cluster secret (never logged, never in argv or the environment)
-    secret: bytes = dataclasses.field(repr=False)
-    #: this loop's index, from 0, and the node's loop count
-    index: int
-    loops: int
-    #: the node's name (``Register.node``; ``where`` in errors)
-    name: str
-    #: cpu worker processes of this loop (its share of the node's); 0: runs no cpu jobs
-    cpu_workers: int
-    #: io attempts at once
-    io_concurrency: int
-    #: threads for thread jobs
-    thread_workers: int
-    #: on SIGTERM, how long running attempts may take to finish
-    drain_timeout_s: float = 30.0
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    #: a pipe to the supervisor: ``PULSE`` every ``HEARTBEAT_S`` while the event loop
-    #: turns, ``REGISTERED`` once a ``Register`` went out (None: no supervisor)
-    status_fd: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["secret"] = self.secret.hex()
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LoopSettings:
-        """:raises ValueError: for a malformed secret; :raises TypeError: missing fields"""
-        return cls(**{**data, "secret": bytes.fromhex(data["secret"])})
-
-    def client_tls(self) -> ssl.SSLContext | None:
-        if self.tls_cert is None or self.tls_key is None or self.tls_ca is None:
-            return None
-        return tls_contexts(self.tls_cert, self.tls_key, self.tls_ca)[1]
 
 
 def node_engine(settings: LoopSettings) -> Engine:

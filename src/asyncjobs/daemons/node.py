@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import SECRET_ENV, load_secret, parse_address
 from ..errors import ClusterConfigError
-from ..transport import tls_from_files
-from .loop import REGISTERED, LoopSettings
+from .settings import REGISTERED, LoopSettings
 from .systemd import SYSTEMD_ENV, Notifier
 
 if TYPE_CHECKING:
@@ -100,8 +99,12 @@ def settings_from_args(args: argparse.Namespace, secret: bytes) -> list[LoopSett
     name = socket.gethostname() if args.name is None else args.name
     if not name.strip() or not name.isprintable():
         raise ClusterConfigError(f"--name must be printable text, not {name!r}")
-    # the loops load the files themselves; load them once here to fail early, clearly
-    tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        # the loops load the files themselves; load them once here to fail early and
+        # clearly (imported here: without TLS the supervisor never needs the transport)
+        from ..transport import tls_from_files
+
+        tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
     threads = max(1, min(32, cores + 4) // loops)
     made = [LoopSettings(host=host, port=port, secret=secret, index=i, loops=loops,
                          name=name, cpu_workers=cpu_share(cpu, loops, i),
