@@ -214,10 +214,12 @@ class KilledRuns:
                 assert proc.poll() is None, f"the run ended before its kill: {proc.stderr}"
                 assert time.monotonic() < deadline, "the moment to kill never came"
                 time.sleep(0.005)
-            self.kills.append(time.time())
         finally:
             proc.kill()
             proc.wait(timeout=10)
+            # taken once it is dead: taken before the signal, a job ending between the
+            # two looked like one forgotten without a kill (a flake seen once in CI)
+            self.kills.append(time.time())
             assert proc.stderr is not None
             proc.stderr.close()
 
