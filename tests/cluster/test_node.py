@@ -117,8 +117,14 @@ def slots(loops: int, cpu_workers: int, io: int = 100) -> int:
 
 
 def loop_pids(node: Node) -> list[int]:
-    return [p.pid for p in psutil.Process(node.pid).children()
-            if "asyncjobs.daemons._loop_main" in " ".join(p.cmdline())]
+    pids = []
+    for p in psutil.Process(node.pid).children():
+        try:  # a loop that was just killed may be gone between the listing and this
+            if "asyncjobs.daemons._loop_main" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return pids
 
 
 def wait_until(check: Any, timeout_s: float = 20.0, what: str = "") -> Any:
