@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -194,3 +195,21 @@ async def test_a_flow_lives_through_a_coordinator_restart(tmp_path: Path) -> Non
     assert len(records) == 401 and all(r["status"] == "succeeded" for r in records)
     ran = Counter(int(line.split()[0]) for line in ledger.read_text().splitlines())
     assert set(ran) == set(range(400))
+
+
+async def test_a_module_that_takes_seconds_to_import_does_not_cost_the_node(
+        tmp_path: Path) -> None:
+    """Its import (7 s, past the 5 s after which a silent node is dead) runs beside the
+    node's event loop, whose heartbeats keep coming: the node is never declared dead."""
+    (tmp_path / "slow_to_import.py").write_text(
+        "import time\ntime.sleep(7)\n\nasync def answer():\n    return 42\n")
+    path = os.pathsep.join((str(tmp_path), REPO))
+    with Coordinator(tmp_path) as coord, Node(tmp_path, coord.address, "a",
+                                               env={"PYTHONPATH": path}):
+        await wait_for_nodes(coord, ["a"])
+        async with asyncjobs.connect(coord.address) as cluster:
+            with anyio.fail_after(30):
+                assert await cluster.submit("slow_to_import:answer") == 42
+        nodes = (await status(coord)).nodes
+        assert [(n.name, n.alive) for n in nodes] == [("a", True)]
+        assert "silent" not in coord.text()

@@ -104,3 +104,15 @@ def test_a_missing_module_is_imported_once_and_fails_each_attempt_alike() -> Non
         with pytest.raises(TargetError, match="no_such_module_xyz"):
             calls.build("no_such_module_xyz:f", (), None, None, None)
     assert len(calls._targets) == 1
+
+
+def test_a_node_knows_which_references_it_still_has_to_import() -> None:
+    calls = NodeCalls()
+    assert calls.to_import("tests.jobs:add", (1, 2)) == "tests.jobs:add"
+    assert calls.to_import(CHUNK, ("tests.jobs:square", [[1]], None)) == "tests.jobs:square"
+    assert calls.to_import(SHELL, ("true",)) is None
+    calls.preload({"tests.jobs:add", "no_such_module_xyz:f"})  # a failure is remembered
+    assert calls.to_import("tests.jobs:add", ()) is None
+    assert calls.to_import("no_such_module_xyz:f", ()) is None
+    with pytest.raises(TargetError, match="no_such_module_xyz"):
+        calls.build("no_such_module_xyz:f", (), None, None, None)

@@ -317,6 +317,7 @@ class LoopProcess:
             except anyio.EndOfStream:
                 raise _LinkLost("the coordinator closed the link") from None
             if isinstance(msg, Assign):
+                await self._import_targets(msg.attempts)
                 self._assign(msg.attempts)
             elif isinstance(msg, Cancel):
                 self._cancel_jobs(msg.job_ids, msg.reason)
@@ -409,6 +410,15 @@ class LoopProcess:
                          where=self.settings.name)
 
     # -- attempts -----------------------------------------------------------------------
+
+    async def _import_targets(self, attempts: tuple[AttemptSpec, ...]) -> None:
+        """Import the targets never seen before in a thread, before the attempts start:
+        the event loop (heartbeats, results) keeps turning while a slow module imports.
+        Reading the link waits meanwhile, so messages keep their order."""
+        refs = {ref for spec in attempts
+                if (ref := self._calls.to_import(spec.target, spec.args)) is not None}
+        if refs:
+            await anyio.to_thread.run_sync(self._calls.preload, refs)
 
     def _assign(self, attempts: tuple[AttemptSpec, ...]) -> None:
         entries = []

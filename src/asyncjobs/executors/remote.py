@@ -17,6 +17,7 @@ node maps to its own shell guard, HTTP session and chunk runner:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from .base import Call
 from .chunk import run_chunk
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .http import HttpClient
     from .shell import ShellGuard
 
@@ -91,6 +94,23 @@ class NodeCalls:
         if isinstance(found, TargetError):
             raise found
         return found
+
+    def to_import(self, ref: str, args: tuple[Any, ...]) -> str | None:
+        """The user reference an attempt of ``ref`` would import first, if it has not been
+        tried yet (None: a builtin, or imported already)."""
+        if ref == CHUNK:
+            ref = args[0] if args and isinstance(args[0], str) else ""
+        if not ref or ref in BUILTINS or ref in self._targets:
+            return None
+        return ref
+
+    def preload(self, refs: Iterable[str]) -> None:
+        """Import these references now, remembering each outcome as ``target`` does. A
+        node calls this in a thread: a module that takes seconds to import (a large ML
+        library) must not stop the event loop, whose heartbeats keep the node alive."""
+        for ref in refs:
+            with contextlib.suppress(TargetError):
+                self.target(ref)
 
     def build(self, ref: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
               kind: JobKind | None, timeout_s: float | None) -> tuple[Call, JobKind]:
