@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncjobs {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="run a jobs.yaml flow",
-                              description="Run a jobs.yaml flow, embedded in this process, "
-                                          "or on a cluster with --connect.")
+                              description="Run a jobs.yaml flow: embedded in this process, "
+                                          "in N loop processes beside it (--loops N), or "
+                                          "on a cluster (--connect HOST:PORT).")
     run.add_argument("file", metavar="FILE", help="the flow file (jobs.yaml)")
     run.add_argument("--param", action="append", default=[], metavar="K=V",
                      help="override a param of the file (repeatable)")
