@@ -4,6 +4,7 @@ of the machine (thermal, other load) spreads evenly over the variants."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -12,6 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT_S = 600
@@ -99,3 +104,22 @@ def paired_ratio(
     when the machine's speed drifts between rounds."""
     ratios = sorted(b["wall_s"] / o["wall_s"] for b, o in zip(base, ours, strict=True))
     return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+@contextlib.contextmanager
+def served(argv: list[str]) -> Iterator[int]:
+    """A local server process for the body of the ``with``: it prints its port on its
+    first line and runs until its stdin closes; yields the port, then stops it."""
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as server:
+        try:
+            assert server.stdout is not None
+            yield int(server.stdout.readline())
+        finally:
+            if server.stdin is not None:
+                server.stdin.close()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -188,30 +188,16 @@ def parent(args: argparse.Namespace) -> None:
           f"asyncjobs from {asyncjobs.__file__}", flush=True)
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for round_no in range(args.repeat):
-        with subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(args.latency_ms)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        ) as server:
-            try:
-                assert server.stdout is not None and server.stdin is not None
-                port = int(server.stdout.readline())
-                url = f"http://127.0.0.1:{port}/flows"
-                warm = ["--n", str(min(args.n, 2000)), "--limit", str(args.limit), "--url", url]
-                extra = ["--n", str(args.n), "--limit", str(args.limit), "--url", url]
-                shift = round_no % len(VARIANTS)
-                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                    _harness.run_child(__file__, "aiohttp", warm)
-                    runs[variant].append(_harness.run_child(__file__, variant, extra))
-                    print(f"  round {round_no + 1}/{args.repeat} {variant:<16} "
-                          f"{runs[variant][-1]['wall_s']:.3f} s", file=sys.stderr, flush=True)
-            finally:
-                if server.stdin is not None:
-                    server.stdin.close()
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+        with _harness.served([sys.executable, __file__, "--serve", str(args.latency_ms)]) as port:
+            url = f"http://127.0.0.1:{port}/flows"
+            warm = ["--n", str(min(args.n, 2000)), "--limit", str(args.limit), "--url", url]
+            extra = ["--n", str(args.n), "--limit", str(args.limit), "--url", url]
+            shift = round_no % len(VARIANTS)
+            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                _harness.run_child(__file__, "aiohttp", warm)
+                runs[variant].append(_harness.run_child(__file__, variant, extra))
+                print(f"  round {round_no + 1}/{args.repeat} {variant:<16} "
+                      f"{runs[variant][-1]['wall_s']:.3f} s", file=sys.stderr, flush=True)
     print(f"\n{'variant':<16}{'median s':>9}{'min s':>7}{'max s':>7}{'req/s':>9}"
           f"{'client CPU s':>13}{'peak MiB':>10}")
     for v in VARIANTS:

@@ -225,27 +225,16 @@ def measure(args: argparse.Namespace, variants: list[str], n: int
 
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for round_no in range(args.rounds):
-        with subprocess.Popen([sys.executable, __file__, "--serve", str(args.latency_ms)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as server:
-            try:
-                assert server.stdout is not None and server.stdin is not None
-                url = f"http://127.0.0.1:{int(server.stdout.readline())}/get"
-                opts = ["--n", str(n), "--limit", str(args.limit), "--url", url]
-                warm = ["--n", str(min(args.n, 2000)), "--limit", str(args.limit), "--url", url]
-                shift = round_no % len(variants)
-                for variant in variants[shift:] + variants[:shift]:
-                    _harness.run_child(__file__, "aiohttp-script", warm)
-                    runs[variant].append(_harness.run_child(__file__, variant, opts))
-                    print(f"  round {round_no + 1}/{args.rounds} {variant:<18} "
-                          f"{runs[variant][-1]['wall_s']:.3f} s", file=sys.stderr, flush=True)
-            finally:
-                if server.stdin is not None:
-                    server.stdin.close()
-                try:
-                    server.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+        with _harness.served([sys.executable, __file__, "--serve", str(args.latency_ms)]) as port:
+            url = f"http://127.0.0.1:{port}/get"
+            opts = ["--n", str(n), "--limit", str(args.limit), "--url", url]
+            warm = ["--n", str(min(args.n, 2000)), "--limit", str(args.limit), "--url", url]
+            shift = round_no % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                _harness.run_child(__file__, "aiohttp-script", warm)
+                runs[variant].append(_harness.run_child(__file__, variant, opts))
+                print(f"  round {round_no + 1}/{args.rounds} {variant:<18} "
+                      f"{runs[variant][-1]['wall_s']:.3f} s", file=sys.stderr, flush=True)
     return runs
 
 

@@ -435,9 +435,9 @@ class ClusterBackend:
                 return
 
     async def _send_batch(self, batch: list[Message]) -> None:
-        # One message per send: the transport makes a sender wait while its queue is
-        # over ``max_queued_bytes`` and flushes only after queueing everything it was
-        # given, so a several-message batch over that bound would wait for itself.
+        # One message per send, so that a refusal (LocalProtocolError) names the message
+        # at fault and nothing before it is sent twice; an outbox holds few messages (a
+        # Submit per loop iteration carries the jobs), so this costs few writes.
         todo = deque(batch)
         while todo:
             msg = todo.popleft()
