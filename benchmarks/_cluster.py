@@ -235,6 +235,25 @@ class RssSampler:
         self.sample()
 
 
+def run_watched(argv: list[str], rss: RssSampler, label: str
+                ) -> tuple[dict[str, float], int, str, str]:
+    """Run a command from the repository root, its RSS sampled under ``label``; its
+    timing (``_harness.Clock``), exit code, stdout and stderr."""
+    import _harness
+
+    clock = _harness.Clock()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env_with_root(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        rss.watch(label, proc.pid)
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return clock.stop(), proc.returncode, out, err
+
+
 def vm_hwm_mib(pid: int) -> float:
     """A process's own peak RSS (``VmHWM``) from ``/proc``, in MiB (0 if unreadable)."""
     with contextlib.suppress(OSError):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -79,21 +78,11 @@ def measure(n: int, state: bool) -> dict[str, float]:
             rss.start()
             argv = [*_cluster.asyncjobs_argv(), "run", str(flow), "--connect",
                     coordinator.address, "--quiet"]
-            clock = _harness.Clock()
-            proc = subprocess.Popen(argv, cwd=_cluster.ROOT, env=_cluster.env_with_root(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                rss.watch("client", proc.pid)
-                out, err = proc.communicate()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            timing = clock.stop()
+            timing, returncode, out, err = _cluster.run_watched(argv, rss, "client")
             rss.stop()
             hwm = _cluster.vm_hwm_mib(coordinator.pid)
-            if proc.returncode != 0:
-                raise RuntimeError(f"run exited {proc.returncode}:\n{out}\n{err}")
+            if returncode != 0:
+                raise RuntimeError(f"run exited {returncode}:\n{out}\n{err}")
     return {**timing, "coordinator_hwm_mib": hwm, "coordinator_mib": rss.peaks["coordinator"],
             "client_mib": rss.peaks["client"],
             "nodes_mib": sum(rss.peaks[x.name] for x in nodes)}

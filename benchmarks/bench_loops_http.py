@@ -114,26 +114,15 @@ def bare_aiohttp(n: int, limit: int, url: str) -> None:
 def run_command(argv: list[str], extra_pids: dict[str, int] | None = None
                 ) -> dict[str, float]:
     import _cluster
-    import _harness
 
     rss = _cluster.RssSampler()
     for label, pid in (extra_pids or {}).items():
         rss.watch(label, pid)
     rss.start()
-    clock = _harness.Clock()
-    proc = subprocess.Popen(argv, cwd=_cluster.ROOT, env=_cluster.env_with_root(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        rss.watch("command", proc.pid)
-        out, err = proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    timing = clock.stop()
+    timing, returncode, out, err = _cluster.run_watched(argv, rss, "command")
     rss.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv} exited {proc.returncode}:\n{out}\n{err[-3000:]}")
+    if returncode != 0:
+        raise RuntimeError(f"{argv} exited {returncode}:\n{out}\n{err[-3000:]}")
     return {**timing, "peak_mib": rss.peak_total}
 
 
