@@ -8,6 +8,7 @@ from asyncjobs.core.policy import LimitSpec
 from asyncjobs.model import ErrorInfo, JobKind, JobStatus
 from asyncjobs.protocol import (
     Assign,
+    Attach,
     AttemptRef,
     AttemptResult,
     AttemptSpec,
@@ -81,6 +82,7 @@ SAMPLES: list[tuple[Role, Role, Message]] = [
     (K, C, ReleaseLimits("flow1")),
     (C, K, ClusterInfo({JobKind.IO: 200, JobKind.CPU: 4, JobKind.THREAD: 16}, 2)),
     (K, C, FlowStatus("flow-1", "jobs.yaml", "running", 5, 10)),
+    (K, C, Attach("run:5f1c2e")),
     (N, C, Goodbye("draining")),
     (C, K, Goodbye()),
 ]

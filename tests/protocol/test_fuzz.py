@@ -215,6 +215,7 @@ STRATEGIES: dict[type, Any] = {
     m.ReleaseLimits: st.builds(m.ReleaseLimits, ids),
     m.ClusterInfo: st.builds(m.ClusterInfo, st.dictionaries(st.sampled_from(JobKind), counts),
                              counts),
+    m.Attach: st.builds(m.Attach, ids),
 }
 
 

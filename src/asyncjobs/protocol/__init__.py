@@ -22,6 +22,7 @@ from .handshake import VERSION as VERSION
 from .handshake import Hello as Hello
 from .handshake import Role as Role
 from .messages import Assign as Assign
+from .messages import Attach as Attach
 from .messages import AttemptRef as AttemptRef
 from .messages import AttemptResult as AttemptResult
 from .messages import AttemptSpec as AttemptSpec
@@ -52,6 +53,7 @@ __all__ = (
     "NEED_DATA",
     "VERSION",
     "Assign",
+    "Attach",
     "AttemptRef",
     "AttemptResult",
     "AttemptSpec",

@@ -283,6 +283,17 @@ class Error:
 
 
 @dataclass(frozen=True, slots=True)
+class Attach:
+    """A client names its session, first thing on each link it opens: a link opened
+    again (after a network break or a coordinator restart) with the same name finds the
+    session's unfinished jobs still there and its succeeded ones answered without
+    running them again."""
+
+    #: the client's choice: stable across its links, unique among clients
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
 class Goodbye:
     """The sender will send nothing more on this link."""
 
@@ -292,7 +303,7 @@ class Goodbye:
 Message: TypeAlias = (
     Register | Heartbeat | Submit | Assign | Result | Outcome | Cancel | Drain | FlowSubmit
     | FlowStatus | StatusRequest | StatusReply | Error | Goodbye | DeclareLimits
-    | ReleaseLimits | ClusterInfo
+    | ReleaseLimits | ClusterInfo | Attach
 )
 Item: TypeAlias = (
     JobSpec | AttemptSpec | AttemptResult | AttemptRef | JobOutcome | NodeInfo | FlowStatus
@@ -643,6 +654,7 @@ MESSAGES: dict[type[Message], Spec] = {
     ReleaseLimits: Spec(16, frozenset({(_K, _C)}), {"scope": _TEXT}),
     ClusterInfo: Spec(17, frozenset({(_C, _K)}), {
         "capacity": Field(_capacity), "nodes": _COUNT}),
+    Attach: Spec(18, frozenset({(_K, _C)}), {"session": _TEXT}),
 }
 # FlowStatus is a message and, inside StatusReply, an item too.
 ITEMS[FlowStatus] = MESSAGES[FlowStatus].fields
