@@ -10,11 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncjobs.core.coordination import Close, Coordination, Send
+from asyncjobs.core.coordination import Close, Coordination, Record, Send
 from asyncjobs.core.nodes import PREFETCH_PER_LOOP
 from asyncjobs.model import JobKind, JobStatus
 from asyncjobs.protocol.messages import (
     Assign,
+    Attach,
     AttemptResult,
     Cancel,
     Outcome,
@@ -115,3 +116,84 @@ def test_every_job_is_answered_exactly_once(seed: int, jobs: int, steps: list[st
         else:
             assert out.status in (JobStatus.CANCELLED, JobStatus.FAILED)
             assert out.status is JobStatus.CANCELLED or out.error.type_name == "KilledNodes"
+
+
+class SessionRun(Run):
+    """A client with a session that goes away and comes back; a store made of the
+    ``Record``s the coordination asked to keep."""
+
+    def __init__(self, seed: int) -> None:
+        self.client = CLIENT
+        self.stored: dict[str, Any] = {}
+        self.assigned_after_record: list[str] = []
+        super().__init__(seed)
+        self.take(self.c.message(CLIENT, Attach("s"), self.now))
+
+    def take(self, outputs: list[Any]) -> None:
+        for out in outputs:
+            if isinstance(out, Record):
+                self.stored.update((o.job_id, o) for o in out.outcomes)
+            elif isinstance(out, Send) and isinstance(out.msg, Assign):
+                self.assigned_after_record += [
+                    a.job_id for a in out.msg.attempts
+                    if a.job_id.split("/", 1)[1] in self.stored]
+        super().take([o for o in outputs if isinstance(o, Send | Close)
+                      and not (isinstance(o, Send) and isinstance(o.msg, Outcome)
+                               and o.link != self.client)])
+
+    def away(self) -> None:
+        if self.client is not None:
+            self.take(self.c.link_closed(self.client, self.now))
+            self.client = None
+
+    def back(self, specs: tuple[Spec, ...]) -> None:
+        if self.client is not None:
+            return
+        self.client = self.next_link
+        self.next_link += 1
+        self.take(self.c.client_joined(self.client, self.now))
+        self.take(self.c.message(self.client, Attach("s"), self.now))
+        again = tuple(s for s in specs if s.job_id not in self.outcomes)
+        found = {s.job_id: self.stored[s.job_id] for s in again if s.job_id in self.stored}
+        self.take(self.c.message(self.client, Submit(again), self.now, found))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), jobs=st.integers(1, 30),
+       steps=st.lists(st.sampled_from(["answer", "answer", "answer", "join", "kill",
+                                       "away", "back", "tick"]), max_size=60))
+def test_a_session_that_comes_and_goes_hears_of_each_job_once_and_reruns_no_success(
+        seed: int, jobs: int, steps: list[str]) -> None:
+    run = SessionRun(seed)
+    run.join()
+    specs = tuple(Spec(f"j{i}", "m:f", (i,), None, IO, None, 0, None) for i in range(jobs))
+    run.take(run.c.message(CLIENT, Submit(specs), run.now))
+    for step in steps:
+        run.now += 0.5
+        links = list(run.links)
+        if step == "answer" and links:
+            run.answer(run.rng.choice(links), run.rng.randint(1, 4))
+        elif step == "join":
+            run.join()
+        elif step == "kill" and links:
+            run.close(run.rng.choice(links))
+        elif step == "away":
+            run.away()
+        elif step == "back":
+            run.back(specs)
+        elif step == "tick":
+            run.take(run.c.tick(run.now))
+    run.back(specs)
+    run.join()
+    for _ in range(10 * jobs + 10):
+        if len(run.outcomes) == jobs:
+            break
+        for link in list(run.links):
+            run.answer(link, 4)
+    assert set(run.outcomes) == {s.job_id for s in specs}
+    assert all(len(v) == 1 for v in run.outcomes.values()), run.outcomes
+    assert run.assigned_after_record == []
+    for job_id, (out,) in run.outcomes.items():
+        if out.status is JobStatus.SUCCEEDED:
+            assert out.value.startswith(f"c1/{job_id}@")
+            assert run.stored[job_id] == out

@@ -20,7 +20,17 @@ Rules the code keeps:
 4. Each job is answered once, with an ``Outcome`` item: where and when its last attempt
    ran, from this side's clock (Unix time).
 5. A client that goes away cancels its unfinished jobs and releases its limits; its
-   flows stay listed (as "lost" if they were running) for ``KEEP_FLOWS_S``.
+   flows stay listed (as "lost" if they were running) for ``KEEP_FLOWS_S``. One that
+   named a session (``Attach``, first on its link) and goes away without ``Goodbye`` is
+   only away: its session is kept for ``SESSION_KEEP_S`` (jobs running, limits held,
+   succeeded outcomes held), and a link that attaches to it again takes it back: a job
+   id sent again that still runs is adopted, one that succeeded is answered from what
+   was held without running again (the daemon passes what its store holds as
+   ``found``). Only a session's succeeded outcomes are held: a job that failed or was
+   cancelled runs again when sent again.
+7. A session's succeeded outcomes leave as ``Record`` before the ``Send`` that carries
+   them, so a daemon with a store commits them before the client can learn of them; a
+   session that ends leaves as ``Forget``; its flows' changes as ``SaveFlow``.
 6. A node's loop whose link closes is a ``LoopDied``; the last link of a node closing is
    ``NodeDisconnected``. Messages from a link after it was closed are ignored.
 """
@@ -34,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..model import ErrorInfo, JobKind, JobStatus
 from ..protocol.messages import (
     Assign,
+    Attach,
     AttemptSpec,
     Cancel,
     ClusterInfo,
@@ -42,6 +53,7 @@ from ..protocol.messages import (
     Error,
     FlowStatus,
     FlowSubmit,
+    Goodbye,
     Heartbeat,
     JobOutcome,
     JobSpec,
@@ -89,13 +101,17 @@ from .scheduler import SchedulerState
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Iterable, Mapping
 
     from ..protocol.messages import AttemptResult, Message
+    from .policy import LimitSpec
 
 #: finished (or lost) flows stay listed this long (SPEC section 4: at least 10 minutes)
 KEEP_FLOWS_S = 600.0
 #: outcomes in one ``Outcome`` frame; more go in several
 OUTCOMES_PER_FRAME = 1000
+#: a named session whose client went away without ``Goodbye`` is kept this long
+SESSION_KEEP_S = 3600.0
 #: a client silent this many times ``dead_after_s`` is closed
 CLIENT_SILENCE_FACTOR = 3.0
 #: ``counts``' key for each terminal status (made once, not per job)
@@ -114,7 +130,31 @@ class Close:
     reason: str
 
 
-Output = Send | Close
+@dataclass(slots=True)
+class Record:
+    """Succeeded outcomes of a named session, to make durable before they are sent."""
+
+    session: str
+    outcomes: list[JobOutcome]
+
+
+@dataclass(slots=True)
+class SaveFlow:
+    """A flow of a named session changed (``ended_at``: Unix time, None while running)."""
+
+    session: str
+    status: FlowStatus
+    ended_at: float | None
+
+
+@dataclass(slots=True)
+class Forget:
+    """A named session ended: what was held for it may go."""
+
+    session: str
+
+
+Output = Send | Close | Record | SaveFlow | Forget
 
 
 class _Job:
@@ -130,18 +170,34 @@ class _Job:
 
 
 class _Client:
-    __slots__ = ("link", "prefix", "jobs", "scopes", "limits", "outcomes", "last_heard")
+    __slots__ = ("link", "prefix", "jobs", "scopes", "limits", "outcomes", "last_heard",
+                 "session", "fresh", "resumed", "held", "records", "away_since", "leaving")
 
-    def __init__(self, link: int, prefix: str, now: float) -> None:
+    def __init__(self, link: int | None, prefix: str, now: float) -> None:
+        #: None while a named session's client is away
         self.link = link
         self.prefix = prefix
         #: its unfinished jobs, by the coordinator's id
         self.jobs: set[str] = set()
-        #: its declared scopes, and the scheduler's names of their limits
-        self.scopes: set[str] = set()
+        #: its declared scopes (with their limits), and the scheduler's names of those
+        self.scopes: dict[str, dict[str, LimitSpec]] = {}
         self.limits: set[str] = set()
         self.outcomes: list[JobOutcome] = []
         self.last_heard = now
+        #: the session it named (``Attach``), or None
+        self.session: str | None = None
+        #: nothing but ``Attach`` may have come yet
+        self.fresh = True
+        #: taken back after its client was away (or restored after a restart): jobs sent
+        #: again may be known, running or succeeded
+        self.resumed = False
+        #: succeeded while its client was away, by the client's id
+        self.held: dict[str, JobOutcome] = {}
+        #: succeeded outcomes not yet in a ``Record``
+        self.records: list[JobOutcome] = []
+        self.away_since: float | None = None
+        #: said ``Goodbye``: its link closing ends the session
+        self.leaving = False
 
 
 class _Loop:
@@ -157,7 +213,7 @@ class _Loop:
 class _Flow:
     __slots__ = ("status", "client", "ended_at")
 
-    def __init__(self, status: FlowStatus, client: int) -> None:
+    def __init__(self, status: FlowStatus, client: _Client) -> None:
         self.status = status
         self.client = client
         self.ended_at: float | None = None
@@ -178,11 +234,14 @@ class Coordination:
         self.dead_after_s = dead_after_s
         self.wall_offset = wall_offset
         self._jobs: dict[str, _Job] = {}
+        #: clients whose link is up, by link; named sessions, linked or away
         self._clients: dict[int, _Client] = {}
+        self._sessions: dict[str, _Client] = {}
         self._loops: dict[int, _Loop] = {}
         #: (node, loop) -> its link
         self._loop_links: dict[tuple[str, int], int] = {}
-        self._flows: dict[tuple[int, str], _Flow] = {}
+        #: by (its client's prefix, flow id)
+        self._flows: dict[tuple[str, str], _Flow] = {}
         self._client_numbers = itertools.count(1)
         self._heartbeats = itertools.count(1)
         self._capacity: dict[JobKind, int] = {}
@@ -191,7 +250,7 @@ class Coordination:
         #: totals since start, for metrics: jobs by how they ended, attempts sent to
         #: nodes, attempts lost with a node, jobs refused at submission
         self.counts: dict[str, int] = dict.fromkeys(
-            ("submitted", "refused", "attempts_sent", "attempts_lost",
+            ("submitted", "refused", "answered_held", "attempts_sent", "attempts_lost",
              *_FINISHED_KEYS.values()), 0)
 
     # -- links ------------------------------------------------------------------------
@@ -229,6 +288,9 @@ class Coordination:
         self._now = now
         client = self._clients.pop(link, None)
         if client is not None:
+            if client.session is not None and not client.leaving:
+                client.link, client.away_since = None, now  # away: rule 5
+                return []
             return self._client_gone(client, now)
         lp = self._loops.pop(link, None)
         if lp is None:
@@ -241,13 +303,18 @@ class Coordination:
                             else NodeDisconnected(lp.node, now))
         return self._run([], [ev]) + self._capacity_changed()
 
-    def message(self, link: int, msg: Message, now: float) -> list[Output]:
-        """A message arrived on a link (the transport has checked its direction)."""
+    def message(self, link: int, msg: Message, now: float,
+                found: Mapping[str, JobOutcome] | None = None) -> list[Output]:
+        """A message arrived on a link (the transport has checked its direction).
+
+        :param found: for a ``Submit`` on a link ``resumed_session`` names, the
+            succeeded outcomes the daemon's store holds for its job ids
+        """
         self._now = now
         client = self._clients.get(link)
         if client is not None:
             client.last_heard = now
-            return self._from_client(client, msg, now)
+            return self._from_client(client, msg, now, found)
         lp = self._loops.get(link)
         if lp is not None:
             return self._from_node(lp, msg, now)
@@ -258,13 +325,39 @@ class Coordination:
         self._now = now
         out = self._run([Tick(now)], [Tick(now)])
         silent = self.dead_after_s * CLIENT_SILENCE_FACTOR
-        for client in list(self._clients.values()):
+        for link, client in list(self._clients.items()):
             if now - client.last_heard > silent:
-                out.append(Close(client.link, f"the client was silent for {silent:g} s"))
+                out.append(Close(link, f"the client was silent for {silent:g} s"))
         for key, flow in list(self._flows.items()):
             if flow.ended_at is not None and now - flow.ended_at >= KEEP_FLOWS_S:
                 del self._flows[key]
+        for client in list(self._sessions.values()):
+            if client.away_since is not None and now - client.away_since >= SESSION_KEEP_S:
+                out += self._client_gone(client, now)
         return out + self._capacity_changed()
+
+    def restore(self, sessions: Iterable[str],
+                flows: Iterable[tuple[str, FlowStatus, float | None]], now: float) -> None:
+        """After a restart: the sessions a store holds outcomes or flows of, kept as if
+        their clients were away (rule 5), and their flows (``ended_at`` in Unix time)."""
+        self._now = now
+        flows = list(flows)
+        for session in {*sessions, *(f[0] for f in flows)}:
+            client = _Client(None, f"c{next(self._client_numbers)}/", now)
+            client.session, client.fresh, client.resumed = session, False, True
+            client.away_since = now
+            self._sessions[session] = client
+        for session, status, ended_at in flows:
+            client = self._sessions[session]
+            flow = self._flows[(client.prefix, status.flow_id)] = _Flow(status, client)
+            if ended_at is not None:
+                flow.ended_at = ended_at - self.wall_offset
+
+    def resumed_session(self, link: int) -> str | None:
+        """The session of the client on ``link`` if its jobs sent again may have
+        succeeded already (the daemon then looks them up: ``message(found=)``)."""
+        client = self._clients.get(link)
+        return client.session if client is not None and client.resumed else None
 
     def heartbeat(self) -> list[Output]:
         """One ``Heartbeat`` on every link (the daemon calls this every second)."""
@@ -298,6 +391,7 @@ class Coordination:
         return {
             **self.status().to_json(),
             "jobs_active": len(self._jobs), "clients": len(self._clients),
+            "sessions_away": sum(1 for c in self._sessions.values() if c.link is None),
             "loops": len(self._loops), "attempts_waiting": self.cluster.waiting,
             "stale_results": self.cluster.stale_results,
             "capacity": {k.value: n for k, n in self._capacity.items()},
@@ -306,11 +400,17 @@ class Coordination:
 
     # -- clients ----------------------------------------------------------------------
 
-    def _from_client(self, client: _Client, msg: Message, now: float) -> list[Output]:
+    def _from_client(self, client: _Client, msg: Message, now: float,
+                     found: Mapping[str, JobOutcome] | None) -> list[Output]:
         kind = type(msg)
+        if kind is Attach:
+            assert isinstance(msg, Attach)
+            return self._attach(client, msg.session, now)
+        if kind is not Heartbeat and kind is not StatusRequest:
+            client.fresh = False
         if kind is Submit:
             assert isinstance(msg, Submit)
-            return self._submit(client, msg.jobs, now)
+            return self._submit(client, msg.jobs, now, found)
         if kind is Cancel:
             assert isinstance(msg, Cancel)
             ids = [client.prefix + j for j in msg.job_ids]
@@ -320,14 +420,18 @@ class Coordination:
         if kind is DeclareLimits:
             assert isinstance(msg, DeclareLimits)
             scope = client.prefix + msg.scope
+            link = client.link
+            assert link is not None
             if scope in client.scopes:
-                return [Send(client.link, Error("limits", f"scope {msg.scope!r} is "
-                                                "declared already"))]
+                if client.resumed and client.scopes[scope] == dict(msg.limits):
+                    return []  # sent again by a client that came back
+                return [Send(link, Error("limits", f"scope {msg.scope!r} is "
+                                         "declared already"))]
             try:
                 out = self._run([LimitsDeclared(scope, dict(msg.limits), now)], [])
             except ValueError as exc:
-                return [Send(client.link, Error("limits", str(exc)))]
-            client.scopes.add(scope)
+                return [Send(link, Error("limits", str(exc)))]
+            client.scopes[scope] = dict(msg.limits)
             client.limits.update(f"{scope}:{name}" for name in msg.limits)
             return out
         if kind is ReleaseLimits:
@@ -335,30 +439,62 @@ class Coordination:
             return self._release(client, client.prefix + msg.scope, now)
         if kind is FlowStatus:
             assert isinstance(msg, FlowStatus)
-            key = (client.link, msg.flow_id)
+            key = (client.prefix, msg.flow_id)
             flow = self._flows.get(key)
             if flow is None:
-                flow = self._flows[key] = _Flow(msg, client.link)
+                flow = self._flows[key] = _Flow(msg, client)
             flow.status = msg
             flow.ended_at = None if msg.state == "running" else now
-            return []
+            return self._saved(flow)
+        assert client.link is not None
         if kind is StatusRequest:
             assert isinstance(msg, StatusRequest)
             return [Send(client.link, replace(self.status(), request_id=msg.request_id))]
+        if kind is Goodbye:
+            client.leaving = True
+            return []
         if kind is FlowSubmit:
             return [Send(client.link, Error(
                 "unsupported", "this coordinator does not take whole flows: a client plans "
                 "and follows its flow and submits its jobs (asyncjobs run --connect)"))]
-        return []  # Goodbye, Heartbeat; Error: the client says what it disliked
+        return []  # Heartbeat; Error: the client says what it disliked
 
-    def _submit(self, client: _Client, specs: tuple[JobSpec, ...], now: float
-                ) -> list[Output]:
+    def _attach(self, client: _Client, session: str, now: float) -> list[Output]:
+        link = client.link
+        assert link is not None
+        if client.session is not None or not client.fresh:
+            return self._refuse(link, "protocol", "Attach comes first on a link, and once")
+        kept = self._sessions.get(session)
+        if kept is None:
+            client.session = session
+            self._sessions[session] = client
+            return []
+        if kept.link is not None:
+            return self._refuse(link, "session-busy",
+                                f"session {session!r} is in use by another client")
+        # the kept session takes this link; the fresh client made for it had nothing yet
+        self._clients[link] = kept
+        kept.link, kept.away_since, kept.last_heard = link, None, now
+        kept.resumed, kept.fresh = True, False
+        return []
+
+    def _submit(self, client: _Client, specs: tuple[JobSpec, ...], now: float,
+                found: Mapping[str, JobOutcome] | None = None) -> list[Output]:
         events: list[Event] = []
         refused: list[JobOutcome] = []
         seen: set[str] = set()
         prefix, jobs, mine = client.prefix, self._jobs, client.jobs
+        resumed = client.resumed
+        answered: list[JobOutcome] = []
         for spec in specs:
             gid = prefix + spec.job_id
+            if resumed:
+                if gid in mine and gid not in seen:
+                    continue  # still running: adopted, answered when it ends
+                done = client.held.get(spec.job_id) or (found or {}).get(spec.job_id)
+                if done is not None:
+                    answered.append(done)
+                    continue
             if gid in jobs or gid in seen:
                 refused.append(_refused(spec, f"job id {spec.job_id!r} is in use"))
                 continue
@@ -376,15 +512,17 @@ class Coordination:
             events.append(JobSubmitted(
                 gid, limits, 0 if spec.retries is None else spec.retries,
                 1.0 if spec.backoff_s is None else spec.backoff_s, now))
+        client.outcomes.extend(answered)
         client.outcomes.extend(refused)
         self.counts["submitted"] += len(events)
         self.counts["refused"] += len(refused)
+        self.counts["answered_held"] += len(answered)
         return self._run(events, [])
 
     def _release(self, client: _Client, scope: str, now: float) -> list[Output]:
         if scope not in client.scopes:
             return []
-        client.scopes.discard(scope)
+        del client.scopes[scope]
         client.limits = {n for n in client.limits if not n.startswith(scope + ":")}
         return self._run([LimitsReleased(scope, now)], [])
 
@@ -395,10 +533,21 @@ class Coordination:
         for scope in sorted(client.scopes):
             out += self._run([LimitsReleased(scope, now)], [])
         for flow in self._flows.values():
-            if flow.client == client.link and flow.ended_at is None:
+            if flow.client is client and flow.ended_at is None:
                 flow.status = replace(flow.status, state="lost")
                 flow.ended_at = now
+                out += self._saved(flow)
+        if client.session is not None:
+            del self._sessions[client.session]
+            out.append(Forget(client.session))
         return out
+
+    def _saved(self, flow: _Flow) -> list[Output]:
+        session = flow.client.session
+        if session is None:
+            return []
+        ended = None if flow.ended_at is None else flow.ended_at + self.wall_offset
+        return [SaveFlow(session, flow.status, ended)]
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -489,11 +638,16 @@ class Coordination:
         assigns.pop(-1, None)  # a loop whose link closed in this very batch: it is lost
         out.extend(Send(link, Assign(tuple(specs))) for link, specs in assigns.items())
         out.extend(Send(link, Cancel(tuple(ids))) for link, ids in cancels.items())
-        for client in self._clients.values():
+        for client in self._sessions.values():
+            if client.records:
+                assert client.session is not None
+                out.append(Record(client.session, client.records))
+                client.records = []
+        for link, client in self._clients.items():
             while client.outcomes:
                 part = client.outcomes[:OUTCOMES_PER_FRAME]
                 del client.outcomes[:OUTCOMES_PER_FRAME]
-                out.append(Send(client.link, Outcome(tuple(part))))
+                out.append(Send(link, Outcome(tuple(part))))
         return out
 
     def _finished(self, cmd: JobFinished, wall: float) -> None:
@@ -501,11 +655,21 @@ class Coordination:
         self.counts[_FINISHED_KEYS[cmd.status]] += 1
         client = job.client
         client.jobs.discard(cmd.job_id)
-        if self._clients.get(client.link) is not client:
-            return  # the client went away
-        client.outcomes.append(JobOutcome(
+        link, session = client.link, client.session
+        if session is None:
+            if link is None or self._clients.get(link) is not client:
+                return  # the client went away
+        elif self._sessions.get(session) is not client:
+            return  # the session ended
+        outcome = JobOutcome(
             job.spec.job_id, cmd.status, cmd.result, cmd.error, cmd.attempts, job.node,
-            job.started_s, wall if job.started_s is not None else None))
+            job.started_s, wall if job.started_s is not None else None)
+        if session is not None and cmd.status is JobStatus.SUCCEEDED:
+            client.records.append(outcome)
+            if link is None:
+                client.held[outcome.job_id] = outcome
+        if link is not None:
+            client.outcomes.append(outcome)
 
     def _capacity_changed(self) -> list[Output]:
         """``ClusterInfo`` to every client when the live nodes' capacity changed."""
