@@ -10,6 +10,7 @@ sessions (``core/coordination.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import anyio
 import pytest
 
 import asyncjobs
+from asyncjobs import clusterbackend
 from asyncjobs.backend import Entry
 from asyncjobs.client_cli import run_session
 from asyncjobs.clusterbackend import ClusterBackend
@@ -44,7 +46,8 @@ from asyncjobs.protocol import (
     StatusRequest,
     Submit,
 )
-from asyncjobs.transport import Link
+from asyncjobs.protocol.handshake import Role
+from asyncjobs.transport import Link, connect, serve
 from tests import cluster_jobs
 
 from .harness import Coordinator, Node, daemon_env, wait_for_nodes
@@ -218,6 +221,50 @@ async def test_relinking_attaches_first_retries_session_busy_and_sends_the_rest_
     assert links[2].kinds()[-1] is Goodbye
 
 
+async def test_a_silent_coordinator_is_left_without_goodbye_and_the_session_named_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over real TCP links: the client gives up on a coordinator that went silent, its
+    link still healthy, and drops it without the ``Goodbye`` that would end the
+    session; the next link names the session first."""
+    monkeypatch.setattr(clusterbackend, "SILENCE_S", 0.3)
+    seen: list[list[Message]] = []
+    second_link = anyio.Event()
+
+    async def coordinator(link: Link) -> None:
+        got: list[Message] = []
+        seen.append(got)
+        if len(seen) == 2:
+            second_link.set()
+        async for msg in link:  # silent: answers the attach, then nothing
+            got.append(msg)
+            if isinstance(msg, StatusRequest):
+                await link.send(StatusReply(msg.request_id, (), ()))
+
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(functools.partial(
+            serve, "127.0.0.1", 0, role=Role.COORDINATOR, secret=b"", handler=coordinator))
+
+        async def link() -> Link:
+            return await connect(host, port, role=Role.CLIENT, secret=b"")
+
+        backend = ClusterBackend(await link(), session="s-6", reconnect=link,
+                                 reconnect_s=10)
+        with anyio.fail_after(15):
+            await backend.attach()
+            backend.start()
+            await second_link.wait()
+            while len(seen[0]) < 3 or len(seen[1]) < 2:  # noqa: ASYNC110 - bounded
+                await anyio.sleep(0.01)
+            await backend.aclose(cancel=False)
+            while not seen[1] or not isinstance(seen[1][-1], Goodbye):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    first, second = ([type(m) for m in got if not isinstance(m, Heartbeat)] for got in seen)
+    assert seen[0][0] == Attach("s-6") and seen[1][0] == Attach("s-6")
+    assert Goodbye not in first, first  # dropped: the session stays for the next link
+    assert second[:2] == [Attach, StatusRequest] and second[-1] is Goodbye, second
+
+
 # -- the session of run --connect ------------------------------------------------------
 
 
@@ -256,8 +303,19 @@ def test_connect_picks_a_random_api_session_unless_given() -> None:
 
 @pytest.fixture
 def one_node(tmp_path: Path) -> Iterator[Coordinator]:
-    """A coordinator (no secret, 127.0.0.1) with node ``a`` of one loop."""
+    """A coordinator (no secret, 127.0.0.1, state in memory) with node ``a``."""
     coord = Coordinator(tmp_path)
+    with coord, Node(tmp_path, coord.address, "a"):
+        anyio.run(lambda: wait_for_nodes(coord, ["a"]))
+        yield coord
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def one_node_either_state(request: pytest.FixtureRequest, tmp_path: Path
+                          ) -> Iterator[Coordinator]:
+    """``one_node``, its coordinator's state in memory or in SQLite (``--state``)."""
+    state = ["--state", str(tmp_path / "state.db")] if request.param == "sqlite" else []
+    coord = Coordinator(tmp_path, *state)
     with coord, Node(tmp_path, coord.address, "a"):
         anyio.run(lambda: wait_for_nodes(coord, ["a"]))
         yield coord
@@ -363,7 +421,8 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 async def test_run_connect_killed_then_run_again_takes_the_run_back(
-        one_node: Coordinator, tmp_path: Path) -> None:
+        one_node_either_state: Coordinator, tmp_path: Path) -> None:
+    one_node = one_node_either_state
     ledger = tmp_path / "ledger"
     items = 24
     flow = slow_flow(tmp_path, ledger, items, 0.25)
