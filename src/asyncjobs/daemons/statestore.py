@@ -81,8 +81,17 @@ _SCHEMA = (
     " state TEXT NOT NULL, done INTEGER NOT NULL, total INTEGER NOT NULL, ended_at REAL,"
     " PRIMARY KEY (session, flow_id))",
 )
-_ADD_OUTCOME = ("INSERT INTO outcomes (session, job_id, outcome) VALUES (?, ?, ?)"
-                " ON CONFLICT (session, job_id) DO UPDATE SET outcome = excluded.outcome")
+#: outcomes per INSERT statement (3 parameters each: under every SQLite's limit of 999)
+ROWS_PER_INSERT = 100
+
+
+def _add_outcomes_sql(rows: int) -> str:
+    return ("INSERT INTO outcomes (session, job_id, outcome) VALUES (?, ?, ?)"
+            + ", (?, ?, ?)" * (rows - 1)
+            + " ON CONFLICT (session, job_id) DO UPDATE SET outcome = excluded.outcome")
+
+
+_ADD_OUTCOMES = _add_outcomes_sql(ROWS_PER_INSERT)
 _FORGET = "DELETE FROM outcomes WHERE session = ?"
 _PUT_FLOW = ("INSERT INTO flows (session, flow_id, file, state, done, total, ended_at)"
              " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session, flow_id) DO UPDATE SET"
@@ -261,17 +270,21 @@ class SqliteStateStore:
         :raises sqlite3.Error: if SQLite fails (nothing is written)
         """
         conn = self._db()
-        rows: list[tuple[str, str, bytes]] = []
+        params: list[str | bytes] = []
         if batch.outcomes:
             blobs = encode_items([outcome for _, outcome in batch.outcomes])
-            rows = [(session, outcome.job_id, blob)
-                    for (session, outcome), blob in zip(batch.outcomes, blobs, strict=True)]
+            params = [value for (session, outcome), blob
+                      in zip(batch.outcomes, blobs, strict=True)
+                      for value in (session, outcome.job_id, blob)]
         conn.execute("BEGIN")
         try:
             if batch.forget_first:
                 conn.executemany(_FORGET, [(s,) for s in batch.forget_first])
-            if rows:
-                conn.executemany(_ADD_OUTCOME, rows)
+            step = 3 * ROWS_PER_INSERT
+            for start in range(0, len(params), step):
+                chunk = params[start:start + step]
+                conn.execute(_ADD_OUTCOMES if len(chunk) == step
+                             else _add_outcomes_sql(len(chunk) // 3), chunk)
             if batch.flows:
                 conn.executemany(_PUT_FLOW, [
                     (f.session, f.status.flow_id, f.status.file, f.status.state,
