@@ -26,15 +26,18 @@ What a restart must not forget is what a client was already told, or is about to
 
 Durability: WAL with ``synchronous=NORMAL`` (``SYNCHRONOUS``). A transaction that has
 returned is in the WAL file, in the OS's page cache, so it survives kill -9 of the
-coordinator, which is what issue 16 asks for. NORMAL does not fsync each commit, so a
-power loss or kernel crash may lose the last transactions (never corrupt the file); FULL
-would fsync the WAL once per group. Measured with ``benchmarks/bench_statestore.py`` (100k
-outcomes in commits of 500, 2 cores, ext4 on a virtual disk): NORMAL ~520k rows/s, FULL
-~330k rows/s, each about the same 40 MB peak RSS. Both stay within the 20 % budget of a
-50k jobs/s cluster (NORMAL ~2 µs a row, FULL ~3); NORMAL is chosen because the loss it
-allows is the one a re-run repairs (the jobs run again), while FULL's fsync per group
-stretches every answer's latency by a disk flush. ``open(..., synchronous="FULL")`` is
-there for a deployment that wants power-loss safety.
+coordinator, which is what issue 16 asks for; a power loss or kernel crash may lose the
+last transactions (never corrupt the file), and then their jobs run again when their
+clients re-submit them, as after a lost node. FULL would fsync the WAL once per group.
+Measured (``PYTHONPATH=src python benchmarks/bench_statestore.py --repeat 5 --dir .``:
+100k outcomes, 8 writers, a shared 2-core VM, ext4 on a virtual disk whose fsync takes
+0.12 ms): in commits of 500, NORMAL 377k rows/s, FULL 366k; in commits of 50, NORMAL
+296k, FULL 225k (-24 %); ~62 MiB peak RSS either way, and 0.07 µs a row of event loop CPU.
+Beside 50k rows/s, the loop got 13 % (NORMAL) and 17.5 % (FULL) less work done (noisy).
+So FULL is cheap here only because this disk's flush is; where a flush takes 1-10 ms it
+adds that to every answer's latency and caps the transactions a second, for a loss that
+re-running repairs. ``open(..., synchronous="FULL")`` is there for a deployment that
+wants power-loss safety all the same.
 
 The SQL is plain (tables, ``INSERT ... ON CONFLICT DO UPDATE``, ``IN`` lists) so a
 PostgreSQL store can implement ``StateStore`` the same way; only the PRAGMAs at open are
