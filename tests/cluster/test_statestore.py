@@ -326,6 +326,7 @@ async def test_a_read_comes_after_every_commit_called_before_it(tmp_path: Path) 
             flows = await store.flows()
             sessions = await store.sessions()
         assert len(found) == 20 and len(flows) == 20 and sessions == ["s"]
+        assert store.transactions == 2  # the first alone, the 19 gathered behind it
     finally:
         await store.aclose()
 
