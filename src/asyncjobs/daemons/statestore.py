@@ -22,7 +22,9 @@ What a restart must not forget is what a client was already told, or is about to
    ``Outcome``'s items, so what comes back equals what a client would have received)
    happens on the store thread, by ``executemany``, never on the event loop.
 6. A read (``succeeded``, ``flows``, ``sessions``) is ordered after every ``commit``
-   called before it: it waits behind the group being gathered, if there is one.
+   called before it: it waits behind the group being gathered, if there is one. (A
+   commit is called when its coroutine starts running: a task created for one but not
+   yet run has not called it.)
 
 Durability: WAL with ``synchronous=NORMAL`` (``SYNCHRONOUS``). A transaction that has
 returned is in the WAL file, in the OS's page cache, so it survives kill -9 of the
