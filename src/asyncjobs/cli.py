@@ -221,7 +221,7 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     import signal
 
     from .api import JobsApi, Runner
-    from .errors import ClusterConfigError, ConnectionFailed
+    from .errors import ClusterConfigError, ConnectionFailed, SessionBusy
     from .executors.cpu import CpuPool
     from .flow.loader import load_flow
     from .flow.plan import FlowPlan, plan_flow
@@ -232,13 +232,16 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     plan: FlowPlan | None = None
     opener: contextlib.AbstractAsyncContextManager[JobsApi]
     if args.connect:
-        from .client_cli import open_cluster
+        from .client_cli import open_cluster, run_session
 
         try:  # bad input is told before the coordinator is asked anything
             plan = plan_flow(load_flow(args.file, params, max_bytes=max_bytes))
-            opener = open_cluster(args)
+            # the same command run again (after this process was killed) re-attaches
+            opener = open_cluster(args, session=run_session(args.file, params))
         except (FlowError, ClusterConfigError) as exc:
             return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
     else:
         # The cpu pool's template process (a fresh interpreter) starts as the Runner
         # opens, so it boots on another core while this one validates the file; loop
@@ -254,6 +257,9 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     async with contextlib.AsyncExitStack() as stack:
         try:
             runner = await stack.enter_async_context(opener)
+        except SessionBusy as exc:
+            return _fail(f"the flow {args.file} is already running from another client "
+                         f"of the coordinator at {exc.address}")
         except ConnectionFailed as exc:  # no coordinator there (SPEC 4): one line
             return _fail(str(exc))
         try:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import secrets
+import hashlib
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -17,6 +17,7 @@ from .clusterbackend import (
     ClusterBackend,
     ClusterFlowRun,
     by_name,
+    drop_link,
 )
 from .errors import RunnerClosed
 from .protocol import Role
@@ -52,22 +53,30 @@ class Cluster(JobsApi):
     bytes, lists and dicts). A ``"module:attribute"`` whose module this process does not
     have is sent by name alone: the nodes import it and apply its ``@asyncjobs.job``
     defaults (a wrong name then fails the job, on the node).
+
+    Every link it opens names its ``session`` first, so a link made again after a break
+    (or a coordinator restart) finds its jobs: those still running are adopted, those
+    that succeeded are answered without running again.
     """
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
                  tls: ssl.SSLContext | None = None,
                  handshake_timeout_s: float = 5.0,
-                 reconnect_s: float = RECONNECT_S) -> None:
+                 reconnect_s: float = RECONNECT_S,
+                 session: str | None = None) -> None:
         super().__init__()
         self._reconnect_s = reconnect_s
+        #: the session every link names first
+        self.session = session if session is not None else "api:" + uuid.uuid4().hex
         self.address = address
         self._host, self._port = parse_address(address)
         self._secret = secret
         self._tls = tls
         self._handshake_timeout_s = handshake_timeout_s
         self._client: ClusterBackend | None = None
-        #: makes this client's flow ids (and limit scopes) unique on the coordinator
-        self._tag = f"{os.getpid()}-{secrets.token_hex(3)}"
+        #: makes this client's flow ids unique on the coordinator, and the same in a
+        #: session attached again (its job ids and limit scopes are the session's)
+        self._tag = hashlib.sha256(self.session.encode()).hexdigest()[:12]
 
     async def __aenter__(self) -> Cluster:
         """Link with the coordinator. Returns after the handshake and the coordinator's
@@ -76,6 +85,8 @@ class Cluster(JobsApi):
         :raises ConnectionFailed: nobody listens there, the peer is not an asyncjobs
             coordinator, or it does not share our secret (``HandshakeFailed``); the
             message names the address
+        :raises SessionBusy: another client's live link holds our session (a
+            ``ConnectionFailed`` too)
         :raises ClusterConfigError: an unreadable or too readable secret file
         """
         if self._client is not None:
@@ -88,8 +99,15 @@ class Cluster(JobsApi):
                              tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
 
         # a coordinator that restarts is linked with again, and sent what is unfinished
-        client = self._client = ClusterBackend(await link(), reconnect=link,
-                                               reconnect_s=self._reconnect_s)
+        client = ClusterBackend(await link(), session=self.session, reconnect=link,
+                                reconnect_s=self._reconnect_s)
+        try:
+            await client.attach(max(self._handshake_timeout_s, 1.0))
+        except BaseException:
+            # no goodbye: it would end a session that is perhaps another client's
+            await drop_link(client.link)
+            raise
+        self._client = client
         client.start()
         try:
             with anyio.move_on_after(CLUSTER_INFO_WAIT_S):
@@ -154,7 +172,8 @@ class Cluster(JobsApi):
 
 
 def connect(address: str, *, secret: bytes | str | None = None,
-            tls: ssl.SSLContext | None = None, reconnect_s: float = RECONNECT_S) -> Cluster:
+            tls: ssl.SSLContext | None = None, reconnect_s: float = RECONNECT_S,
+            session: str | None = None) -> Cluster:
     """A cluster to run jobs on: use as ``async with asyncjobs.connect("host:7700") as
     cluster``, then ``cluster.submit``, ``map``, ``run_flow`` as on a ``Runner``.
 
@@ -165,7 +184,16 @@ def connect(address: str, *, secret: bytes | str | None = None,
     :param reconnect_s: when the link breaks (the coordinator restarts, the network
         blinks), how long to try linking again before unfinished jobs fail; once linked,
         they are sent again (at-least-once: a job may run twice, its result counts once)
+    :param session: the name this client gives the coordinator first on each link it
+        opens (None: a random ``"api:..."``, the same for every link of this cluster
+        object). A link opened again with the same session, after a break or a
+        coordinator restart, takes the session back: its jobs still running are
+        adopted, its succeeded ones answered without running again. Closing the cluster
+        (leaving the block) ends the session; a client that dies without closing leaves
+        it kept on the coordinator, its jobs running, for an hour. Choose a stable name
+        (one per logical run, unique among clients) to re-attach from a new process.
     :returns: the cluster, linked when its ``async with`` is entered
     :raises ClusterConfigError: if ``address`` is not ``HOST:PORT``
     """
-    return Cluster(address, secret=secret, tls=tls, reconnect_s=reconnect_s)
+    return Cluster(address, secret=secret, tls=tls, reconnect_s=reconnect_s,
+                   session=session)

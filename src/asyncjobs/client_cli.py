@@ -6,7 +6,10 @@ one line on stderr naming the address, exit code 2, no traceback (SPEC section 4
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,7 @@ from .errors import ClusterConfigError, ConnectionFailed, RunnerClosed
 if TYPE_CHECKING:
     import argparse
     import ssl
+    from collections.abc import Mapping
 
     from .client import Cluster
     from .protocol import StatusReply
@@ -34,16 +38,36 @@ def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
 
 
-def open_cluster(args: argparse.Namespace) -> Cluster:
+def open_cluster(args: argparse.Namespace, session: str | None = None) -> Cluster:
     """The cluster of ``--connect`` with the secret and TLS options (linked on entering).
 
+    :param session: the session it attaches (None: a random one)
     :raises ClusterConfigError: a bad address, secret file or TLS files
     """
     from .auth import load_secret
     from .client import connect
 
     secret = load_secret(args.secret_file)
-    return connect(args.connect, secret=secret, tls=client_tls(args))
+    return connect(args.connect, secret=secret, tls=client_tls(args), session=session)
+
+
+def run_session(path: str, params: Mapping[str, str]) -> str:
+    """The session of ``asyncjobs run FILE --connect``: the same for the same command on
+    the same machine (host name, the file's absolute path and bytes, the ``--param``
+    values), so running it again after its client was killed takes the unfinished run
+    back on the coordinator instead of starting it over.
+
+    :returns: ``"run:"`` and 32 hex digits of a SHA-256
+    :raises OSError: the file cannot be read
+    """
+    with open(path, "rb") as f:
+        content = f.read()
+    h = hashlib.sha256()
+    for part in (socket.gethostname().encode(), os.path.abspath(path).encode(),
+                 json.dumps(sorted(params.items())).encode(), content):
+        h.update(len(part).to_bytes(8, "big"))  # each part's length first: unambiguous
+        h.update(part)
+    return "run:" + h.hexdigest()[:32]
 
 
 def _fail(message: str) -> int:

@@ -16,6 +16,13 @@ first): ``submit``, ``map`` and flows run unchanged on it. The conversation:
    breaks the link). Heartbeats go every ``HEARTBEAT_S``; a coordinator silent for
    ``SILENCE_S`` counts as gone.
 5. If the link dies, every unfinished job fails saying so, and ``submit`` raises.
+6. A client with a session (``connect()`` always has one) sends ``Attach(session)`` first
+   on each link it opens, then a ``StatusRequest``: its reply means the coordinator took
+   the session (messages are answered in order), ``Error("session-busy")`` that another
+   live link holds it. A link made again after a break (rule 5 with ``reconnect``)
+   finds the session kept: jobs re-sent that still run are adopted, those that succeeded
+   are answered without running again. The old link is dropped without a ``Goodbye``
+   (a goodbye ends the session); ``aclose`` says goodbye, ending it.
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ import anyio
 
 from .backend import check_new_ids
 from .core.commands import JobFinished
-from .errors import AsyncJobsError, RunnerClosed
+from .errors import AsyncJobsError, ConnectionFailed, RunnerClosed, SessionBusy
 from .executors.remote import to_wire
 from .flowrun import FlowRun
 from .model import ErrorInfo, JobKind, JobStatus
 from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    Attach,
     Cancel,
     ClusterInfo,
     DeclareLimits,
@@ -93,6 +101,8 @@ FLOW_STATUS_EVERY_S = 1.0
 #: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
 #: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
 CLUSTER_INFO_WAIT_S = 2.0
+#: how long attaching a session waits for the coordinator to take it
+ATTACH_WAIT_S = 10.0
 
 
 class ByName:
@@ -143,13 +153,21 @@ class ClusterBackend:
 
     :param link: an authenticated link (``transport.connect(..., role=Role.CLIENT)``),
         or a ``LocalLink``
+    :param session: the session this client names first on each link it opens (None:
+        anonymous, its jobs cancelled when its link ends)
+    :param reconnect: opens a new link to the same coordinator after a break (None: a
+        lost link is lost for good)
+    :param reconnect_s: how long to try linking again
     """
 
-    def __init__(self, link: ClientLink, *,
+    def __init__(self, link: ClientLink, *, session: str | None = None,
                  reconnect: Callable[[], Awaitable[ClientLink]] | None = None,
                  reconnect_s: float = RECONNECT_S) -> None:
         self.link = link
         self.address = link.address
+        self.session = session
+        #: the link our ``Attach`` went out on (it goes first on each)
+        self._attached: ClientLink | None = None
         #: opens a new link to the same coordinator (None: a lost link is lost for good)
         self._reconnect = reconnect
         self._reconnect_s = reconnect_s
@@ -190,8 +208,47 @@ class ClusterBackend:
         self._waiters: list[tuple[set[str], Callable[[], None]]] = []
         self._stop_sending = False
 
+    async def attach(self, timeout_s: float = ATTACH_WAIT_S) -> None:
+        """Name our session on the link and wait until the coordinator has taken it
+        (before ``start``; nothing to do without a session). Messages that arrive
+        meanwhile (``ClusterInfo``) count as read.
+
+        :raises SessionBusy: a live link of another client holds the session
+        :raises ConnectionFailed: the link ended, or no answer within ``timeout_s``
+        """
+        if self.session is not None and self._attached is not self.link:
+            await self._attach_on(self.link, timeout_s)
+
+    async def _attach_on(self, link: ClientLink, timeout_s: float = ATTACH_WAIT_S) -> None:
+        assert self.session is not None
+        request_id = next(self._requests)
+        why = "it closed the link before taking our session"
+        try:
+            await link.send_many((Attach(self.session), StatusRequest(request_id)))
+            self._attached = link
+            with anyio.fail_after(timeout_s):
+                async for msg in link:
+                    self._heard = time.monotonic()
+                    if isinstance(msg, StatusReply) and msg.request_id == request_id:
+                        return
+                    if isinstance(msg, Error) and msg.code == "session-busy":
+                        raise SessionBusy(self.address, self.session)
+                    why = self._on_message(msg) or why
+        except SessionBusy:
+            raise
+        except TimeoutError:
+            why = f"it did not take our session within {timeout_s:g} s"
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
+                LocalProtocolError) as exc:
+            why = str(exc) or type(exc).__name__
+        raise ConnectionFailed(self.address, why)
+
     def start(self) -> None:
-        """Start reading, writing and heartbeats (tasks owned by this backend)."""
+        """Start reading, writing and heartbeats (tasks owned by this backend). With a
+        session not attached on this link (no ``attach``), ``Attach`` goes first."""
+        if self.session is not None and self._attached is not self.link:
+            self._outbox.insert(0, Attach(self.session))
+            self._attached = self.link
         loop = asyncio.get_running_loop()
         self._sender = loop.create_task(self._send_loop())
         self._tasks = [loop.create_task(self._read_loop()),
@@ -326,7 +383,8 @@ class ClusterBackend:
 
     async def aclose(self, *, cancel: bool) -> None:
         """Wait for the submitted jobs (with ``cancel``: cancel them first), say
-        goodbye and close the link. Every job has finished when this returns."""
+        goodbye (which ends our session on the coordinator) and close the link. Every
+        job has finished when this returns."""
         try:
             if cancel:
                 # bounded (CANCEL_WAIT_S, FLUSH_WAIT_S): safe to shield from a
@@ -349,6 +407,8 @@ class ClusterBackend:
                 await self._recovering
             self._recovering = None
         self._flush_submits()
+        if self.lost is None:
+            self._put(Goodbye("client closing"))  # the link's own would not go mid-write
         self._stop_sending = True
         self._wake_sender.set()
         if self._sender is not None:
@@ -495,32 +555,40 @@ class ClusterBackend:
         try:
             async for msg in self.link:
                 self._heard = time.monotonic()
-                kind = type(msg)
-                if kind is Outcome:
-                    self._outcomes(msg)  # type: ignore[arg-type]
-                elif kind is ClusterInfo:
-                    assert isinstance(msg, ClusterInfo)
-                    self._capacity = dict(msg.capacity)
-                    self._nodes = msg.nodes
-                    self.informed.set()
-                elif kind is StatusReply:
-                    assert isinstance(msg, StatusReply)
-                    reply = self._replies.get(msg.request_id)
-                    if reply is not None and not reply.done():
-                        reply.set_result(msg)
-                elif kind is Error:
-                    assert isinstance(msg, Error)
-                    log.warning("the coordinator at %s says: %s (%s)", self.address,
-                                msg.message, msg.code)
-                    reason = f"it said: {msg.message}"
-                elif kind is Goodbye:
-                    assert isinstance(msg, Goodbye)
-                    reason = f"it said goodbye ({msg.reason or 'no reason given'})"
+                if type(msg) is Outcome:  # the hot path: no isinstance chain
+                    self._outcomes(msg)
+                else:
+                    reason = self._on_message(msg) or reason
         except anyio.ClosedResourceError:
             reason = "the client closed"
         except anyio.BrokenResourceError as exc:
             reason = str(exc) or type(exc).__name__
         self._link_down(reason)
+
+    def _on_message(self, msg: Message) -> str | None:
+        """Take one message; for an ``Error`` or a ``Goodbye``, why the link will end."""
+        kind = type(msg)
+        if kind is Outcome:
+            self._outcomes(msg)  # type: ignore[arg-type]
+        elif kind is ClusterInfo:
+            assert isinstance(msg, ClusterInfo)
+            self._capacity = dict(msg.capacity)
+            self._nodes = msg.nodes
+            self.informed.set()
+        elif kind is StatusReply:
+            assert isinstance(msg, StatusReply)
+            reply = self._replies.get(msg.request_id)
+            if reply is not None and not reply.done():
+                reply.set_result(msg)
+        elif kind is Error:
+            assert isinstance(msg, Error)
+            log.warning("the coordinator at %s says: %s (%s)", self.address,
+                        msg.message, msg.code)
+            return f"it said: {msg.message}"
+        elif kind is Goodbye:
+            assert isinstance(msg, Goodbye)
+            return f"it said goodbye ({msg.reason or 'no reason given'})"
+        return None
 
     def _outcomes(self, msg: Outcome) -> None:
         entries = self._entries
@@ -591,15 +659,17 @@ class ClusterBackend:
 
     async def _recover(self, reason: str) -> None:
         """Link again within ``reconnect_s`` (the coordinator restarting, a network
-        blip), then send again what it may not have: each live scope's limits and every
-        unfinished job (at-least-once: a job may run twice; its result counts once).
-        Jobs being cancelled end here, cancelled. Past the deadline, the link is lost."""
+        blip), attach our session first, then send again what it may not have: each live
+        scope's limits and every unfinished job (at-least-once: a job may run twice; its
+        result counts once). Jobs being cancelled end here, cancelled; with a session
+        they are sent again with their cancel, to end as the coordinator says. A
+        ``session-busy`` answer is tried again (our old link may not look dead to the
+        coordinator yet). Past the deadline, the link is lost."""
         me = asyncio.current_task()
         for task in (*self._tasks, self._sender):
             if task is not None and task is not me:
                 task.cancel()
-        with contextlib.suppress(Exception):
-            await self.link.aclose("linking again")
+        await drop_link(self.link)
         deadline = time.monotonic() + self._reconnect_s
         delay = RECONNECT_FIRST_S
         link: ClientLink | None = None
@@ -608,7 +678,14 @@ class ClusterBackend:
             try:
                 assert self._reconnect is not None
                 link = await self._reconnect()
+                if self.session is not None:
+                    try:
+                        await self._attach_on(link, max(1.0, deadline - time.monotonic()))
+                    except BaseException:
+                        await drop_link(link)
+                        raise
             except (OSError, AsyncJobsError) as exc:  # ConnectionFailed and its kin
+                link = None
                 last = str(exc)
                 if time.monotonic() + delay > deadline:
                     break
@@ -622,17 +699,23 @@ class ClusterBackend:
         self.link = link
         self.reconnects += 1
         self._heard = time.monotonic()
-        for job_id in list(self._cancelling):
-            entry = self._entries.get(job_id)
-            if entry is not None:
-                self._finish(entry, JobFinished(job_id, JobStatus.CANCELLED, 0,
-                                                error=ErrorInfo("Cancelled", reason)))
+        cancelling: tuple[str, ...] = ()
+        if self.session is None:
+            for job_id in list(self._cancelling):
+                entry = self._entries.get(job_id)
+                if entry is not None:
+                    self._finish(entry, JobFinished(job_id, JobStatus.CANCELLED, 0,
+                                                    error=ErrorInfo("Cancelled", reason)))
+        else:
+            cancelling = tuple(j for j in self._cancelling if j in self._sent)
         self._cancels.clear()
         again: list[Message] = [DeclareLimits(scope, dict(limits))
                                 for scope, limits in self._scope_limits.items()]
         specs = list(self._sent.values())
         again += [Submit(tuple(specs[i:i + SUBMIT_BATCH]))
                   for i in range(0, len(specs), SUBMIT_BATCH)]
+        if cancelling:
+            again.append(Cancel(job_ids=cancelling, reason=self._cancel_reason))
         # what was queued meanwhile that is still news: flow reports, status requests
         again += [m for m in self._outbox
                   if not isinstance(m, Submit | DeclareLimits | ReleaseLimits | Cancel
@@ -661,6 +744,16 @@ class ClusterBackend:
         for entry in list(self._entries.values()):
             self._fail(entry, error)
         self._wake_sender.set()
+
+
+async def drop_link(link: ClientLink) -> None:
+    """Close a link without a ``Goodbye``: to the coordinator it broke, so it keeps our
+    session for the link we make next (a goodbye would end the session)."""
+    if isinstance(link, Link):
+        # transport.Link has no public close-without-goodbye; a broken link sends none
+        link._break(ConnectionAbortedError("dropped by the client to link again"))
+    with contextlib.suppress(Exception):
+        await link.aclose("linking again")
 
 
 class ClusterFlowRun(FlowRun):

@@ -202,6 +202,26 @@ class HandshakeFailed(ConnectionFailed):
         self.cause = cause
 
 
+class SessionBusy(ConnectionFailed):
+    """The coordinator refused our session: a live link of another client holds it (the
+    same flow run from two places at once). Entering ``connect()`` raises it; a link
+    made again after a break tries again until ``reconnect_s`` (the coordinator may not
+    have noticed yet that our old link died).
+
+    :param address: the coordinator's ``"host:port"``
+    :param session: the session's name
+    """
+
+    def __init__(self, address: str, session: str) -> None:
+        super().__init__(address, f"another client holds session {session!r}")
+        self.session = session
+
+    def __str__(self) -> str:
+        return (f"another client of the coordinator at {self.address} runs the same "
+                f"session ({self.session}); wait for it to end or stop it, or use another "
+                "session")
+
+
 class HandshakeTimeout(ConnectionFailed, TimeoutError):
     """The peer did not complete the handshake within the deadline."""
 
