@@ -117,6 +117,8 @@ class Daemon:
 
 class Coordinator(Daemon):
     def __init__(self, folder: Path, *args: str) -> None:
+        if "--state" not in args:  # the figures without a store unless asked
+            args = (*args, "--no-state")
         super().__init__(["coordinator", "--listen", "127.0.0.1:0", *args],
                          folder / "coordinator.log")
         try:

@@ -64,7 +64,8 @@ async def _runner(loops: int, n: int) -> dict[str, float]:
 def _start_cluster() -> tuple[list[subprocess.Popen[bytes]], str]:
     env = {**os.environ, "ASYNCJOBS_SECRET": "bench-secret"}
     coord = subprocess.Popen(
-        [sys.executable, "-m", "asyncjobs", "coordinator", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "asyncjobs", "coordinator", "--listen", "127.0.0.1:0",
+         "--no-state"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
     assert coord.stderr is not None
     line = coord.stderr.readline().decode()

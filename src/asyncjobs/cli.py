@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where nodes and clients connect (default: 127.0.0.1:7700; "
                             "any other than a loopback address needs a secret)")
     coord.add_argument("--state", metavar="PATH.db",
-                       help="keep flows and job states in this SQLite file")
+                       help="keep what a restart must not lose (sessions' succeeded jobs, "
+                            "flows) in this SQLite file (default: $STATE_DIRECTORY/"
+                            "coordinator.db under systemd, else "
+                            "~/.local/state/asyncjobs/coordinator.db)")
+    coord.add_argument("--no-state", action="store_true",
+                       help="keep everything in memory: a restart forgets it all")
     coord.add_argument("--http", metavar="HOST:PORT",
                        help="serve /healthz, /metrics and JSON state here")
     coord.add_argument("--dead-after", type=float, default=5.0, metavar="SECONDS",

@@ -113,6 +113,8 @@ class Coordinator(Daemon):
 
     def __init__(self, tmp: Path, *args: str, secret: str | None = None,
                  env: Mapping[str, str] | None = None, name: str = "coordinator") -> None:
+        if "--state" not in args and "--no-state" not in args:
+            args = (*args, "--state", str(tmp / f"{name}.db"))
         super().__init__(["coordinator", "--listen", "127.0.0.1:0", *args],
                          tmp / f"{name}.log", daemon_env(secret, env))
         self.secret = secret

@@ -8,6 +8,12 @@ closed instead). One timer wakes the state when a retry, a rate token or a node'
 deadline is due, and one ticker sends heartbeats.
 
 The coordinator never imports user code: a job's target is a name it hands to a node.
+
+With a store (``--state``), what ``Coordination`` asks to keep (``Record``, ``SaveFlow``,
+``Forget``) is gathered and committed by one committer task, a transaction at a time:
+what arrives while one commits goes in the next (group commit). Everything for a client
+link waits behind the commit under way, in order, so no client learns of a succeeded job
+before it is durable; nodes' links never wait.
 """
 
 from __future__ import annotations
@@ -20,15 +26,16 @@ import logging
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..auth import is_loopback, load_secret, parse_address
-from ..core.coordination import Close, Coordination, Output, Send
+from ..core.coordination import Close, Coordination, Forget, Output, Record, SaveFlow, Send
 from ..errors import ClusterConfigError
 from ..protocol import FrameTooLarge, Role
-from ..protocol.messages import Assign, Message, Outcome, encode
+from ..protocol.messages import Assign, Message, Outcome, Submit, encode
 from ..transport import Link, serve, tls_from_files
 from .systemd import Notifier
 
@@ -36,6 +43,9 @@ if TYPE_CHECKING:
     import argparse
     import ssl
     from collections.abc import Iterable
+
+    from ..protocol.messages import JobOutcome
+    from .statestore import AsyncStateStore, WriteBatch
 
 log = logging.getLogger("asyncjobs.coordinator")
 
@@ -45,11 +55,13 @@ REGISTER_TIMEOUT_S = 5.0
 
 
 class _Peer:
-    __slots__ = ("link", "outbox", "wake", "scope")
+    __slots__ = ("link", "outbox", "wake", "scope", "client")
 
-    def __init__(self, link: Link | None) -> None:
+    def __init__(self, link: Link | None, *, client: bool = True) -> None:
         #: None for a ``LocalLink``, which reads ``outbox`` itself
         self.link = link
+        #: a client's link: what it is sent waits behind the commit under way
+        self.client = client
         self.outbox: list[Message] = []
         self.wake = asyncio.Event()
         self.scope = anyio.CancelScope()
@@ -119,8 +131,18 @@ class CoordinatorServer:
     """Serves one ``Coordination`` on a TCP (or TLS) listener."""
 
     def __init__(self, *, secret: bytes, dead_after_s: float = 5.0,
-                 tls: ssl.SSLContext | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
+                 tls: ssl.SSLContext | None = None, heartbeat_s: float = HEARTBEAT_S,
+                 store: AsyncStateStore | None = None) -> None:
         self.secret = secret
+        self.store = store
+        #: what the next commit writes, and what clients are sent once it is durable
+        self._batch: WriteBatch | None = None
+        self._held: list[tuple[_Peer, Message]] = []
+        self._commit_wake = asyncio.Event()
+        #: commits started and finished (a lookup waits for those begun before it)
+        self._commits_begun = 0
+        self._commits_done = 0
+        self._commit_done = asyncio.Event()
         self.tls = tls
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s
@@ -139,8 +161,14 @@ class CoordinatorServer:
         loop = self._loop = asyncio.get_running_loop()
         self.state = Coordination(dead_after_s=self.dead_after_s,
                                   wall_offset=time.time() - loop.time())
+        if self.store is not None:
+            flows = await self.store.flows()
+            self.state.restore(await self.store.sessions(),
+                               [(f.session, f.status, f.ended_at) for f in flows], loop.time())
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats)
+            if self.store is not None:
+                tg.start_soon(self._committer)
             addr = await tg.start(functools.partial(
                 serve, host, port, role=Role.COORDINATOR, secret=self.secret,
                 handler=self._handle, tls=self.tls, on_refused=self._on_refused))
@@ -173,7 +201,8 @@ class CoordinatorServer:
     async def _handle(self, link: Link) -> None:
         assert self.state is not None
         link_id = next(self._ids)
-        peer = self._peers[link_id] = _Peer(link)
+        peer = self._peers[link_id] = _Peer(
+            link, client=link.peer is None or link.peer.role is not Role.NODE)
         try:
             with peer.scope:
                 async with anyio.create_task_group() as tg:
@@ -206,7 +235,12 @@ class CoordinatorServer:
         else:
             self._apply(self.state.client_joined(link_id, self._now()))
         async for msg in link:
-            self._apply(self.state.message(link_id, msg, self._now()))
+            found = None
+            if type(msg) is Submit and self.store is not None:
+                session = self.state.resumed_session(link_id)
+                if session is not None:
+                    found = await self._succeeded(session, msg)
+            self._apply(self.state.message(link_id, msg, self._now(), found))
 
     async def _writer(self, peer: _Peer) -> None:
         assert peer.link is not None
@@ -231,10 +265,21 @@ class CoordinatorServer:
     def _apply(self, outputs: list[Output]) -> None:
         assert self.state is not None
         for out in outputs:
+            kind = type(out)
+            if kind is Record or kind is SaveFlow or kind is Forget:
+                self._keep(out)
+                continue
+            assert isinstance(out, Send | Close)
             peer = self._peers.get(out.link)
             if peer is None:
                 continue
-            if type(out) is Send:
+            if kind is Send:
+                assert isinstance(out, Send)
+                if peer.client and (self._batch is not None
+                                    or self._commits_begun > self._commits_done):
+                    self._held.append((peer, out.msg))
+                    self._commit_wake.set()
+                    continue
                 peer.outbox.append(out.msg)
                 peer.wake.set()
             else:
@@ -247,6 +292,68 @@ class CoordinatorServer:
                 log.info("closing %s: %s", peer.link.address, out.reason)
                 peer.scope.cancel()
         self._arm_timer()
+
+    # -- the store --------------------------------------------------------------------
+
+    def _keep(self, out: Output) -> None:
+        if self.store is None:
+            return
+        from .statestore import StoredFlow, WriteBatch
+
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = WriteBatch()
+            self._commit_wake.set()
+        if type(out) is Record:
+            assert isinstance(out, Record)
+            session = out.session
+            batch.outcomes.extend((session, o) for o in out.outcomes)
+        elif type(out) is SaveFlow:
+            assert isinstance(out, SaveFlow)
+            batch.flows.append(StoredFlow(out.session, out.status, out.ended_at))
+        else:
+            assert isinstance(out, Forget)
+            batch.forget.append(out.session)
+
+    async def _committer(self) -> None:
+        """Commit what accumulated, one transaction at a time; then send what waited."""
+        assert self.store is not None
+        try:
+            while True:
+                await self._commit_wake.wait()
+                self._commit_wake.clear()
+                await self._commit_once()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._commit_once()  # SIGTERM: what is pending is kept
+
+    async def _commit_once(self) -> None:
+        """Commit the batch; then send what waited for it (what was held before it was
+        taken: sends held while it commits wait for the next)."""
+        assert self.store is not None
+        batch, self._batch = self._batch, None
+        held, self._held = self._held, []
+        if batch is not None:
+            self._commits_begun += 1
+            try:
+                await self.store.commit(batch)
+            finally:
+                self._commits_done += 1
+                self._commit_done.set()
+                self._commit_done.clear()
+        for peer, msg in held:
+            peer.outbox.append(msg)
+            peer.wake.set()
+
+    async def _succeeded(self, session: str, msg: Submit) -> dict[str, JobOutcome]:
+        """What the store holds as succeeded among the jobs ``msg`` sends again, once
+        every commit begun before this call is done."""
+        assert self.store is not None
+        want = self._commits_begun + (1 if self._batch is not None else 0)
+        while self._commits_done < want:
+            self._commit_wake.set()
+            await self._commit_done.wait()
+        return await self.store.succeeded(session, [spec.job_id for spec in msg.jobs])
 
     # -- time -------------------------------------------------------------------------
 
@@ -314,8 +421,6 @@ def _fail(message: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """``asyncjobs coordinator``: serve until SIGTERM or Ctrl-C, then exit 0."""
-    if args.state is not None:
-        return _fail("--state is not built yet: the coordinator keeps its state in memory")
     try:
         host, port = parse_address(args.listen, default_host="127.0.0.1")
         http = None if args.http is None else parse_address(args.http,
@@ -330,14 +435,21 @@ def main(args: argparse.Namespace) -> int:
                      f"127.0.0.1")
     if args.dead_after <= 0:
         return _fail(f"--dead-after must be above 0, not {args.dead_after}")
+    if args.state is not None and args.no_state:
+        return _fail("give --state or --no-state, not both")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="asyncjobs coordinator: %(message)s")
-    server = CoordinatorServer(secret=secret, dead_after_s=args.dead_after, tls=tls)
+    state_path = None
+    if not args.no_state:
+        from .statestore import default_state_path
+
+        state_path = Path(args.state) if args.state is not None else default_state_path()
     _tune_gc()
     from ..eventloop import run
 
     try:
-        return run(lambda: _serve(server, host, port, http))
+        return run(lambda: _serve(host, port, http, state_path, secret=secret,
+                                  dead_after_s=args.dead_after, tls=tls))
     except (OSError, BaseExceptionGroup) as exc:
         bind = _os_error(exc)
         if bind is None:
@@ -372,8 +484,27 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-async def _serve(server: CoordinatorServer, host: str, port: int,
-                 http: tuple[str, int] | None) -> int:
+async def _serve(host: str, port: int, http: tuple[str, int] | None,
+                 state_path: Path | None, **options: Any) -> int:
+    store = None
+    if state_path is not None:
+        from .statestore import AsyncStateStore
+
+        try:
+            store = await AsyncStateStore.open(state_path)
+        except ClusterConfigError as exc:
+            return _fail(str(exc))
+        print(f"asyncjobs coordinator: state in {state_path}", file=sys.stderr, flush=True)
+    try:
+        return await _serve_with(CoordinatorServer(store=store, **options), host, port, http)
+    finally:
+        if store is not None:
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _serve_with(server: CoordinatorServer, host: str, port: int,
+                      http: tuple[str, int] | None) -> int:
     loop = asyncio.get_running_loop()
     notifier = Notifier.from_env()
     web = None

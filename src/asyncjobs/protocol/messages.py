@@ -18,7 +18,7 @@ import functools
 import math
 import operator
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar
 
 import msgpack
 
@@ -28,7 +28,7 @@ from .errors import LocalProtocolError, UnencodableValue
 from .handshake import Role
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 # ---------------------------------------------------------------------------------------
 # Items: the parts of batch messages.
@@ -826,6 +826,83 @@ def decode(payload: bytes | memoryview, sender: Role, receiver: Role) -> Message
     except _Bad as exc:
         raise LocalProtocolError(_explain(cls, exc)) from None
     return msg
+
+
+_I = TypeVar("_I", bound=Item)
+
+
+def encode_item(item: Item) -> bytes:
+    """One item (a ``JobOutcome``, a ``FlowStatus``, ...) on its own, packed as it is
+    inside a message, for keeping it outside one (the coordinator's state store);
+    ``decode_item`` gives back what the peer of a message would get. Its fields are not
+    checked: an item built from checked input stays valid.
+
+    :raises UnencodableValue: naming the job whose value msgpack cannot carry
+    :raises LocalProtocolError: for any other field that cannot be encoded
+    """
+    return encode_items((item,))[0]
+
+
+def encode_items(items: Iterable[Item]) -> list[bytes]:
+    """``encode_item`` of each of ``items`` (all of one class), with one packer and the
+    field conversions looked up once: ~0.5 µs a ``JobOutcome`` instead of ~1.7.
+
+    :raises UnencodableValue: naming the job whose value msgpack cannot carry
+    :raises LocalProtocolError: for any other field that cannot be encoded
+    """
+    out: list[bytes] = []
+    pack = msgpack.Packer().pack
+    cls: type | None = None
+    get: Callable[[Any], Any] | None = None
+    dumps: list[tuple[int, Callable[[Any], Any]]] = []
+    item: Any = None
+    try:
+        for item in items:
+            if type(item) is not cls:
+                if cls is not None:
+                    raise LocalProtocolError(f"encode_items takes items of one class, got "
+                                             f"{cls.__name__} and {type(item).__name__}")
+                cls = type(item)
+                shape = _SHAPES[cls]
+                get = shape.get
+                # an item's converted fields (its error) all give None for None
+                dumps = [(i, d) for i, d in enumerate(shape.dumps) if d is not None]
+            assert get is not None
+            wire = list(get(item))
+            for i, dump in dumps:
+                if wire[i] is not None:
+                    wire[i] = dump(wire[i])
+            out.append(pack(wire))
+    except (TypeError, ValueError, OverflowError) as exc:
+        for field in ("args", "kwargs", "value"):
+            try:
+                msgpack.packb(getattr(item, field, None))
+            except (TypeError, ValueError, OverflowError) as inner:
+                raise UnencodableValue(getattr(item, "job_id", ""), field,
+                                       str(inner)) from inner
+        raise LocalProtocolError(f"{type(item).__name__} cannot be encoded: {exc}") from exc
+    return out
+
+
+def decode_item(cls: type[_I], data: bytes | memoryview) -> _I:
+    """The ``cls`` that ``encode_item`` packed into ``data``, checked as on arrival.
+
+    :raises LocalProtocolError: for bytes that are not msgpack or not a valid ``cls``
+    """
+    try:
+        wire = msgpack.unpackb(data, strict_map_key=False)
+    except Exception as exc:  # msgpack raises many kinds; each means damaged bytes
+        raise LocalProtocolError(f"a stored {cls.__name__} is not valid msgpack: "
+                                 f"{exc!r:.200}") from exc
+    fast = _FAST.get(cls)
+    values = None if fast is None else fast(wire)
+    if values is not None:
+        return cls(*values)
+    try:
+        item: _I = _load(cls, wire)
+    except _Bad as exc:
+        raise LocalProtocolError(_explain(cls, exc)) from None
+    return item
 
 
 def _describe(value: Any) -> str:
