@@ -328,6 +328,32 @@ async def test_sigterm_hands_queued_attempts_back_and_they_run_elsewhere(
             b.stop()
 
 
+async def test_a_job_still_running_when_the_drain_times_out_runs_again_elsewhere(
+        tmp_path: Path, coord: Coordinator) -> None:
+    """The node stopping is not the job's failure: cut short past --drain-timeout, the
+    attempt is not answered, and the coordinator runs it on another node."""
+    marker = tmp_path / "started"
+    a = Node(tmp_path, coord.address, "a", "--drain-timeout", "0.3", loops=1,
+             cpu_workers=0, secret=SECRET)
+    b: Node | None = None
+    try:
+        await wait_for_nodes(coord, ["a"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("long", f"{HERE}:marked_sleep", str(marker), 2.0, "done"))
+            await anyio.to_thread.run_sync(wait_until, marker.exists)
+            a.signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(a.proc.wait, 15) == 0
+            b = Node(tmp_path, coord.address, "b", loops=1, cpu_workers=0, secret=SECRET)
+            done = await c.wait(["long"])
+            assert succeeded(done) == {"long": "done"}
+            assert done["long"].node == "b"
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
 async def test_a_cancelled_job_stops_on_its_node(tmp_path: Path, coord: Coordinator) -> None:
     marker = tmp_path / "started"
     node = Node(tmp_path, coord.address, "c", loops=1, cpu_workers=0, secret=SECRET)
