@@ -60,6 +60,7 @@ class Buckets:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
+        """Count one value (seconds)."""
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
