@@ -32,3 +32,20 @@ async def pid_after_async(delay_s: float) -> int:
     """Warm-up io job: which loop process ran it, after a sleep."""
     await asyncio.sleep(delay_s)
     return os.getpid()
+
+
+
+def _stamp(stamps: str, i: int) -> None:
+    with open(stamps, "a") as f:
+        f.write(f"{time.monotonic():.6f} {os.getpid()} {i}\n")
+
+
+async def stamp_then_wait(stamps: str, gate: str, i: int) -> int:
+    """A slow io job for the restart benchmark: appends ``monotonic() pid i`` to the file
+    ``stamps`` as it starts (``CLOCK_MONOTONIC`` is one clock for every process of the
+    machine), then waits until the file ``gate`` exists."""
+    _stamp(stamps, i)
+    while True:
+        if os.path.exists(gate):  # noqa: ASYNC240 - a stat every 50 ms
+            return i
+        await asyncio.sleep(0.05)

@@ -272,6 +272,16 @@ async def test_sigterm_drains_running_jobs_exits_0_and_leaves_no_process(
         node.stop()
 
 
+def _notice(sock: socket.socket) -> bytes:
+    """The next systemd notification other than a ``STATUS=`` line (those come every
+    few seconds, in between; tests/cluster/test_ops.py reads them)."""
+    for _ in range(100):
+        got = sock.recv(1000)
+        if not got.startswith(b"STATUS="):
+            return got
+    raise AssertionError("only STATUS= lines")
+
+
 async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
         tmp_path: Path, coord: Coordinator) -> None:
     path = tmp_path / "ledger"
@@ -281,7 +291,7 @@ async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
     node = Node(tmp_path, coord.address, "io", "--io-concurrency", "2", loops=1,
                 cpu_workers=1, secret=SECRET, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
     with node, notify:
-        assert await anyio.to_thread.run_sync(notify.recv, 100) == b"READY=1"
+        assert await anyio.to_thread.run_sync(_notice, notify) == b"READY=1"
         await wait_for_nodes(coord, ["io"])
         for pid in loop_pids(node):
             assert b"NOTIFY_SOCKET" not in Path(f"/proc/{pid}/environ").read_bytes()
@@ -296,7 +306,7 @@ async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
             most = max(most, running)
         assert most == 2
         assert node.stop() == 0
-        assert notify.recv(100) == b"STOPPING=1"
+        assert _notice(notify) == b"STOPPING=1"
 
 
 async def test_sigterm_hands_queued_attempts_back_and_they_run_elsewhere(
@@ -322,6 +332,32 @@ async def test_sigterm_hands_queued_attempts_back_and_they_run_elsewhere(
             assert all(o.attempts == 1 for o in done.values())  # handed back: no new try
         assert await anyio.to_thread.run_sync(a.proc.wait, 15) == 0
         assert "2 attempts handed back" in a.text()
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+async def test_a_job_still_running_when_the_drain_times_out_runs_again_elsewhere(
+        tmp_path: Path, coord: Coordinator) -> None:
+    """The node stopping is not the job's failure: cut short past --drain-timeout, the
+    attempt is not answered, and the coordinator runs it on another node."""
+    marker = tmp_path / "started"
+    a = Node(tmp_path, coord.address, "a", "--drain-timeout", "0.3", loops=1,
+             cpu_workers=0, secret=SECRET)
+    b: Node | None = None
+    try:
+        await wait_for_nodes(coord, ["a"])
+        c = await client(coord)
+        async with c.link:
+            await c.submit(spec("long", f"{HERE}:marked_sleep", str(marker), 2.0, "done"))
+            await anyio.to_thread.run_sync(wait_until, marker.exists)
+            a.signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(a.proc.wait, 15) == 0
+            b = Node(tmp_path, coord.address, "b", loops=1, cpu_workers=0, secret=SECRET)
+            done = await c.wait(["long"])
+            assert succeeded(done) == {"long": "done"}
+            assert done["long"].node == "b"
     finally:
         a.stop()
         if b is not None:

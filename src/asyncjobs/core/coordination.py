@@ -101,7 +101,7 @@ from .scheduler import SchedulerState
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from ..protocol.messages import AttemptResult, Message
     from .policy import LimitSpec
@@ -158,12 +158,15 @@ Output = Send | Close | Record | SaveFlow | Forget
 
 
 class _Job:
-    __slots__ = ("client", "spec", "kind", "node", "started_s")
+    __slots__ = ("client", "spec", "kind", "node", "started_s", "submitted")
 
-    def __init__(self, client: _Client, spec: JobSpec, kind: JobKind) -> None:
+    def __init__(self, client: _Client, spec: JobSpec, kind: JobKind,
+                 submitted: float = 0.0) -> None:
         self.client = client
         self.spec = spec
         self.kind = kind
+        #: when it was submitted (``now``), for the dispatch-latency metric
+        self.submitted = submitted
         #: where and when (Unix time) its latest attempt was sent
         self.node = ""
         self.started_s: float | None = None
@@ -252,6 +255,11 @@ class Coordination:
         self.counts: dict[str, int] = dict.fromkeys(
             ("submitted", "refused", "answered_held", "attempts_sent", "attempts_lost",
              *_FINISHED_KEYS.values()), 0)
+        #: metrics hooks (``--http`` sets them; None costs nothing per job): seconds from
+        #: a job's submission to its first attempt being sent, and a finished job's
+        #: seconds from its last attempt being sent to its end
+        self.on_dispatched: Callable[[float], None] | None = None
+        self.on_finished: Callable[[float], None] | None = None
 
     # -- links ------------------------------------------------------------------------
 
@@ -507,7 +515,7 @@ class Coordination:
                                                   f"never declared: {', '.join(unknown)}"))
                     continue
             seen.add(gid)
-            jobs[gid] = _Job(client, spec, spec.kind or JobKind.IO)
+            jobs[gid] = _Job(client, spec, spec.kind or JobKind.IO, now)
             mine.add(gid)
             events.append(JobSubmitted(
                 gid, limits, 0 if spec.retries is None else spec.retries,
@@ -616,9 +624,12 @@ class Coordination:
                         specs = assigns.setdefault(-1 if link is None else link, [])
                         self.counts["attempts_sent"] += len(ccmd.attempts)
                         jobs = self._jobs
+                        dispatched = self.on_dispatched
                         for job_id, attempt in ccmd.attempts:
                             job = jobs[job_id]
                             job.node, job.started_s = ccmd.node, wall
+                            if dispatched is not None and attempt == 1:
+                                dispatched(now - job.submitted)
                             s = job.spec
                             specs.append(AttemptSpec(job_id, attempt, s.target, s.args,
                                                      s.kwargs, s.kind, s.timeout_s))
@@ -653,6 +664,8 @@ class Coordination:
     def _finished(self, cmd: JobFinished, wall: float) -> None:
         job = self._jobs.pop(cmd.job_id)
         self.counts[_FINISHED_KEYS[cmd.status]] += 1
+        if self.on_finished is not None and job.started_s is not None:
+            self.on_finished(wall - job.started_s)
         client = job.client
         client.jobs.discard(cmd.job_id)
         link, session = client.link, client.session

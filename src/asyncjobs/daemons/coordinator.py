@@ -33,8 +33,9 @@ import anyio
 
 from ..auth import is_loopback, load_secret, parse_address
 from ..core.coordination import Close, Coordination, Forget, Output, Record, SaveFlow, Send
-from ..errors import ClusterConfigError
+from ..errors import ClusterConfigError, HandshakeFailed
 from ..protocol import FrameTooLarge, Role
+from ..protocol.errors import AuthenticationFailed
 from ..protocol.messages import Assign, Message, Outcome, Submit, encode
 from ..transport import Link, serve, tls_from_files
 from .systemd import Notifier
@@ -153,6 +154,8 @@ class CoordinatorServer:
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.refused = 0
+        #: handshakes refused because the peer did not prove the secret
+        self.auth_failures = 0
 
     async def serve(self, host: str, port: int, *,
                     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
@@ -195,6 +198,9 @@ class CoordinatorServer:
 
     def _on_refused(self, address: str, error: Exception) -> None:
         self.refused += 1
+        if isinstance(error, HandshakeFailed) and isinstance(error.cause,
+                                                              AuthenticationFailed):
+            self.auth_failures += 1
 
     # -- links ------------------------------------------------------------------------
 
@@ -525,6 +531,8 @@ async def _serve_with(server: CoordinatorServer, host: str, port: int,
                                                                notifier))
             tg.start_soon(notifier.feed_watchdog)
             notifier.notify("READY=1")
+            tg.start_soon(notifier.report_status,
+                          functools.partial(_status_line, server, _shown(*bound)))
     finally:
         if web is not None:
             with anyio.CancelScope(shield=True):
@@ -536,6 +544,16 @@ async def _serve_with(server: CoordinatorServer, host: str, port: int,
 def _stop(scope: anyio.CancelScope, notifier: Notifier) -> None:
     notifier.notify("STOPPING=1")
     scope.cancel()
+
+
+def _status_line(server: CoordinatorServer, address: str) -> str:
+    """systemd's ``STATUS=``: "serving on HOST:PORT; 2 nodes, 14 loops; 1,203 jobs active"."""
+    if server.state is None:
+        return f"starting on {address}"
+    data = server.state.to_dict()
+    nodes = sum(1 for n in data["nodes"] if n["alive"])
+    return (f"serving on {address}; {nodes} node{'s' * (nodes != 1)}, {data['loops']} "
+            f"loop{'s' * (data['loops'] != 1)}; {data['jobs_active']:,} jobs active")
 
 
 def _shown(host: str, port: int) -> str:

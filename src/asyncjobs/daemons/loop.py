@@ -17,7 +17,8 @@ How this works:
    a result from an earlier session is dropped (its attempt was requeued already).
 4. Draining (SIGTERM): attempts not started yet go back in one ``Drain`` and get no
    ``Result``; running ones may finish within the drain timeout, then are cancelled
-   ("the node stopped"); then ``Goodbye``.
+   without an answer either (the node stopping is not the job's failure: the
+   coordinator runs them again elsewhere once the link closes); then ``Goodbye``.
 5. A coordinator silent for ``SILENCE_S`` is gone, as is a link that breaks or ends.
 """
 
@@ -502,8 +503,13 @@ class LoopProcess:
                     held.cancel_reason = why
                     self.engine.cancel(key, why)
 
-    def _cancel_all(self, why: str) -> None:
+    def _cancel_all(self, why: str, *, hand_back: bool = False) -> None:
+        """Cancel every attempt here. With ``hand_back`` (the node stops) none of them
+        is answered: an attempt cut short by its node stopping is not the job's failure,
+        and the coordinator runs it again elsewhere once this link closes."""
         for key, held in list(self._held.items()):
+            if hand_back:
+                held.returned = True
             if held.cancel_reason is None:
                 held.cancel_reason = why
                 self.engine.cancel(key, why)
@@ -527,13 +533,13 @@ class LoopProcess:
                 while self._held and not self._hurry:
                     with anyio.move_on_after(0.1):
                         await self.engine.wait_idle()
-        self._cancel_all("the node stopped before the attempt finished")
+        self._cancel_all("the node stopped before the attempt finished", hand_back=True)
         with anyio.move_on_after(CANCEL_WAIT_S):
             await self.engine.wait_idle()
         self._drained = True
 
     async def _shutdown(self) -> None:
-        self._cancel_all("the node stopped before the attempt finished")
+        self._cancel_all("the node stopped before the attempt finished", hand_back=True)
         try:
             await self.engine.aclose(cancel=True)
         finally:

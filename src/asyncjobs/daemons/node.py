@@ -22,7 +22,8 @@ How this works:
    and a mark once it registered. A loop silent for ``LOOP_SILENT_S`` is stuck (a job
    that never yields, say) and is killed, then started again: its link may still be
    open, so the coordinator cannot tell. The first registration is systemd's
-   ``READY=1``; SIGTERM is ``STOPPING=1``; ``WATCHDOG=1`` follows ``WatchdogSec``.
+   ``READY=1``; SIGTERM is ``STOPPING=1``; ``WATCHDOG=1`` follows ``WatchdogSec``;
+   ``STATUS=`` counts the loop processes that registered since they started.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ class Supervisor:
         self._pulses: dict[int, float] = {}
         self._ready = False
         self._stopping = asyncio.Event()
+        #: loops whose current process has registered (once; it relinks by itself)
+        self._registered: set[int] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -159,6 +162,7 @@ class Supervisor:
                  s.host, s.port)
         tasks = [asyncio.create_task(self._keep(one)) for one in self.settings]
         watch = asyncio.create_task(self._watch())
+        status = asyncio.create_task(self.notifier.report_status(self._status_line))
         try:
             await self._stopping.wait()
             watch.cancel()
@@ -178,6 +182,7 @@ class Supervisor:
                 await asyncio.wait(pending, timeout=STOP_GRACE_S)
         finally:
             watch.cancel()
+            status.cancel()
             for task in tasks:
                 task.cancel()
             for proc in list(self._procs.values()):
@@ -236,9 +241,19 @@ class Supervisor:
             asyncio.get_running_loop().remove_reader(fd)
             return
         self._pulses[index] = time.monotonic()
+        if REGISTERED in data:
+            self._registered.add(index)
         if REGISTERED in data and not self._ready:
             self._ready = True
             self.notifier.notify("READY=1")
+
+    def _status_line(self) -> str:
+        """systemd's ``STATUS=``: "connected to HOST:PORT; 4 loops, 4 registered"."""
+        s, n = self.settings[0], len(self.settings)
+        where = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"
+        verb = "draining; connected to" if self._stopping.is_set() else (
+            "connected to" if self._registered else "connecting to")
+        return f"{verb} {where}; {n} loop{'s' * (n != 1)}, {len(self._registered)} registered"
 
     async def _run_once(self, settings: LoopSettings) -> int | None:
         loop = asyncio.get_running_loop()
@@ -282,6 +297,7 @@ class Supervisor:
                 proc.stdin.close()
             self._procs.pop(settings.index, None)
             self._pulses.pop(settings.index, None)
+            self._registered.discard(settings.index)
             loop.remove_reader(ours)
             os.close(ours)
 

@@ -1,7 +1,8 @@
 """systemd's notify protocol (``Type=notify``), without a dependency: a datagram to
 ``$NOTIFY_SOCKET``. ``READY=1`` once serving (a coordinator) or registered (a node),
-``STOPPING=1`` on SIGTERM, and ``WATCHDOG=1`` at half of ``WatchdogSec`` when systemd asks
-for it (``$WATCHDOG_USEC``). Outside systemd every call does nothing.
+``STOPPING=1`` on SIGTERM, ``WATCHDOG=1`` at half of ``WatchdogSec`` when systemd asks
+for it (``$WATCHDOG_USEC``), and a ``STATUS=`` line every few seconds that
+``systemctl status`` shows. Outside systemd every call does nothing.
 
 The variables are read once, at start: a node removes them from its environment before
 it starts its loops, which must not speak for the service.
@@ -17,11 +18,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 log = logging.getLogger("asyncjobs.systemd")
 
 SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+#: how often ``report_status`` looks for a new ``STATUS=`` line
+STATUS_EVERY_S = 2.0
 
 
 class Notifier:
@@ -63,3 +66,20 @@ class Notifier:
         while True:
             self.notify("WATCHDOG=1")
             await anyio.sleep(self.watchdog_s / 2)
+
+    async def report_status(self, describe: Callable[[], str],
+                            every_s: float = STATUS_EVERY_S) -> None:
+        """``STATUS=<describe()>`` now and every ``every_s`` when the text changed, until
+        cancelled; nothing outside systemd (``describe`` is not even called).
+
+        :param describe: one line saying what the process is doing
+        """
+        if not self.address:
+            return
+        last = None
+        while True:
+            line = " ".join(describe().split())  # one line: systemd shows the first
+            if line != last:
+                self.notify(f"STATUS={line}")
+                last = line
+            await anyio.sleep(every_s)
