@@ -13,7 +13,9 @@ from .api import JobsApi
 from .auth import load_secret, parse_address
 from .clusterbackend import (
     CLUSTER_INFO_WAIT_S,
+    RANDOM_SESSION_MARGIN_S,
     RECONNECT_S,
+    SESSION_KEEP_S,
     ClusterBackend,
     ClusterFlowRun,
     by_name,
@@ -66,8 +68,11 @@ class Cluster(JobsApi):
                  session: str | None = None) -> None:
         super().__init__()
         self._reconnect_s = reconnect_s
-        #: the session every link names first
+        #: the session every link names first; a random one is kept on the coordinator
+        #: only while this object may link again (no other process can name it)
         self.session = session if session is not None else "api:" + uuid.uuid4().hex
+        self._keep_s = (SESSION_KEEP_S if session is not None
+                        else reconnect_s + RANDOM_SESSION_MARGIN_S)
         self.address = address
         self._host, self._port = parse_address(address)
         self._secret = secret
@@ -99,7 +104,8 @@ class Cluster(JobsApi):
                              tls=self._tls, handshake_timeout_s=self._handshake_timeout_s)
 
         # a coordinator that restarts is linked with again, and sent what is unfinished
-        client = ClusterBackend(await link(), session=self.session, reconnect=link,
+        client = ClusterBackend(await link(), session=self.session, keep_s=self._keep_s,
+                                reconnect=link,
                                 reconnect_s=self._reconnect_s)
         try:
             await client.attach(max(self._handshake_timeout_s, 1.0))
@@ -189,9 +195,11 @@ def connect(address: str, *, secret: bytes | str | None = None,
         object). A link opened again with the same session, after a break or a
         coordinator restart, takes the session back: its jobs still running are
         adopted, its succeeded ones answered without running again. Closing the cluster
-        (leaving the block) ends the session; a client that dies without closing leaves
-        it kept on the coordinator, its jobs running, for an hour. Choose a stable name
-        (one per logical run, unique among clients) to re-attach from a new process.
+        (leaving the block) ends the session. A client that dies without closing leaves
+        it kept on the coordinator, its jobs running: for an hour with a session given
+        here (choose a stable name, one per logical run and unique among clients, to
+        re-attach from a new process), for ``reconnect_s`` and 30 s with a random one
+        (which no other process can name: its jobs are then cancelled).
     :returns: the cluster, linked when its ``async with`` is entered
     :raises ClusterConfigError: if ``address`` is not ``HOST:PORT``
     """

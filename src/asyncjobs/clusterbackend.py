@@ -22,7 +22,10 @@ first): ``submit``, ``map`` and flows run unchanged on it. The conversation:
    live link holds it. A link made again after a break (rule 5 with ``reconnect``)
    finds the session kept: jobs re-sent that still run are adopted, those that succeeded
    are answered without running again. The old link is dropped without a ``Goodbye``
-   (a goodbye ends the session); ``aclose`` says goodbye, ending it.
+   (a goodbye ends the session); ``aclose`` says goodbye, ending it. A succeeded
+   outcome for a job not submitted here (a session taken back by a new process: its
+   job ended between the ``Attach`` and the job's submission) is kept, and submitting
+   that job takes it instead of sending the job again.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
     from .backend import JobEntry
     from .core.policy import LimitSpec
     from .flow.plan import FlowPlan
+    from .protocol.messages import JobOutcome
     from .report import FlowReport
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,11 @@ FLOW_STATUS_EVERY_S = 1.0
 #: how long entering waits for the coordinator's first ``ClusterInfo`` (its first
 #: message, sent with the handshake's end), so a first ``map`` sizes its chunks by it
 CLUSTER_INFO_WAIT_S = 2.0
+#: how long a coordinator keeps a named session while its client is away (at most)
+SESSION_KEEP_S = 3600.0
+#: a random session (``connect()`` without one) cannot be named again by another
+#: process: kept only while this one may link again, and a margin
+RANDOM_SESSION_MARGIN_S = 30.0
 #: how long attaching a session waits for the coordinator to take it
 ATTACH_WAIT_S = 10.0
 
@@ -155,17 +164,21 @@ class ClusterBackend:
         or a ``LocalLink``
     :param session: the session this client names first on each link it opens (None:
         anonymous, its jobs cancelled when its link ends)
+    :param keep_s: how long the coordinator is to keep the session while this client is
+        away (its jobs running): past that, they are cancelled
     :param reconnect: opens a new link to the same coordinator after a break (None: a
         lost link is lost for good)
     :param reconnect_s: how long to try linking again
     """
 
     def __init__(self, link: ClientLink, *, session: str | None = None,
+                 keep_s: float = SESSION_KEEP_S,
                  reconnect: Callable[[], Awaitable[ClientLink]] | None = None,
                  reconnect_s: float = RECONNECT_S) -> None:
         self.link = link
         self.address = link.address
         self.session = session
+        self.keep_s = keep_s
         #: the link our ``Attach`` went out on (it goes first on each)
         self._attached: ClientLink | None = None
         #: opens a new link to the same coordinator (None: a lost link is lost for good)
@@ -181,6 +194,8 @@ class ClusterBackend:
         self.reconnects = 0
         #: unfinished jobs, sent or not
         self._entries: dict[str, JobEntry] = {}
+        #: succeeded outcomes of our session's jobs not submitted here (yet)
+        self._unclaimed: dict[str, JobOutcome] = {}
         #: jobs submitted this loop iteration, not yet in the outbox
         self._pending: dict[str, JobEntry] = {}
         #: jobs whose cancel went (or goes) to the coordinator
@@ -224,7 +239,8 @@ class ClusterBackend:
         request_id = next(self._requests)
         why = "it closed the link before taking our session"
         try:
-            await link.send_many((Attach(self.session), StatusRequest(request_id)))
+            await link.send_many((Attach(self.session, self.keep_s),
+                                  StatusRequest(request_id)))
             self._attached = link
             with anyio.fail_after(timeout_s):
                 async for msg in link:
@@ -247,7 +263,7 @@ class ClusterBackend:
         """Start reading, writing and heartbeats (tasks owned by this backend). With a
         session not attached on this link (no ``attach``), ``Attach`` goes first."""
         if self.session is not None and self._attached is not self.link:
-            self._outbox.insert(0, Attach(self.session))
+            self._outbox.insert(0, Attach(self.session, self.keep_s))
             self._attached = self.link
         loop = asyncio.get_running_loop()
         self._sender = loop.create_task(self._send_loop())
@@ -448,6 +464,8 @@ class ClusterBackend:
     def _flush_submits(self) -> None:
         """This iteration's submissions and cancels, into the outbox."""
         self._flush_due = False
+        if self._unclaimed:
+            self._claim()
         if self._pending:
             batch, self._pending = self._pending, {}
             specs: list[JobSpec] = []
@@ -595,12 +613,21 @@ class ClusterBackend:
         for out in msg.jobs:
             entry = entries.get(out.job_id)
             if entry is None:
-                continue  # ended here already (cancelled before it was sent, or lost)
-            self._finish(entry, JobFinished(
-                out.job_id, out.status, out.attempts, result=out.value, error=out.error,
-                node=out.node, started_s=out.started_s, ended_s=out.ended_s))
+                # ended here already (cancelled before it was sent, or lost); or, in a
+                # session taken back, a job of the session not submitted here yet: kept,
+                # so submitting it takes this outcome instead of running it again
+                if self.session is not None and out.status is JobStatus.SUCCEEDED:
+                    self._unclaimed[out.job_id] = out
+                continue
+            self._finish(entry, _finished(out))
 
     # -- endings ----------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        """Finish the jobs just submitted whose outcome came before they were."""
+        for job_id in [j for j in self._pending if j in self._unclaimed]:
+            entry = self._pending.pop(job_id)
+            self._finish(entry, _finished(self._unclaimed.pop(job_id)))
 
     def _finish(self, entry: JobEntry, done: JobFinished) -> None:
         job_id = entry.job_id
@@ -749,11 +776,11 @@ class ClusterBackend:
 async def drop_link(link: ClientLink) -> None:
     """Close a link without a ``Goodbye``: to the coordinator it broke, so it keeps our
     session for the link we make next (a goodbye would end the session)."""
-    if isinstance(link, Link):
-        # transport.Link has no public close-without-goodbye; a broken link sends none
-        link._break(ConnectionAbortedError("dropped by the client to link again"))
     with contextlib.suppress(Exception):
-        await link.aclose("linking again")
+        if isinstance(link, Link):
+            await link.abort("dropped by the client to link again")
+        else:
+            await link.aclose("linking again")
 
 
 class ClusterFlowRun(FlowRun):
@@ -805,3 +832,9 @@ class ClusterFlowRun(FlowRun):
         while True:
             await asyncio.sleep(FLOW_STATUS_EVERY_S)
             self._tell("running")
+
+
+def _finished(out: JobOutcome) -> JobFinished:
+    return JobFinished(out.job_id, out.status, out.attempts, result=out.value,
+                       error=out.error, node=out.node, started_s=out.started_s,
+                       ended_s=out.ended_s)

@@ -280,6 +280,12 @@ class Link:
 
     # -- closing ------------------------------------------------------------------------
 
+    async def abort(self, reason: str = "aborted") -> None:
+        """Close without ``Goodbye``: to the peer the link broke (a client that links
+        again this way keeps its session on the coordinator; a goodbye would end it)."""
+        self._break(ConnectionAbortedError(reason))
+        await self.aclose(reason)
+
     async def aclose(self, reason: str = "") -> None:
         """Send ``Goodbye`` (best effort, bounded by ``CLOSE_TIMEOUT_S``) and close.
 

@@ -232,3 +232,17 @@ def test_restored_coordination_is_equal_for_a_store_with_nothing() -> None:
     c = Coordination()
     c.restore(["x"], [], 0.0)
     assert c.to_dict()["sessions_away"] == 1
+
+
+def test_a_session_is_kept_as_long_as_its_client_asked_and_an_hour_at_most() -> None:
+    h = Kept()
+    h.client(1)
+    h.msg(1, Attach("short", 10.0))
+    h.client(2)
+    h.msg(2, Attach("long", 10 * SESSION_KEEP_S))
+    h.close(1)
+    h.close(2)
+    h.tick(11.0)
+    assert Forget("short") in h.kept and Forget("long") not in h.kept
+    h.tick(SESSION_KEEP_S + 1)
+    assert Forget("long") in h.kept

@@ -22,7 +22,8 @@ Rules the code keeps:
 5. A client that goes away cancels its unfinished jobs and releases its limits; its
    flows stay listed (as "lost" if they were running) for ``KEEP_FLOWS_S``. One that
    named a session (``Attach``, first on its link) and goes away without ``Goodbye`` is
-   only away: its session is kept for ``SESSION_KEEP_S`` (jobs running, limits held,
+   only away: its session is kept for the ``keep_s`` it asked, at most
+   ``SESSION_KEEP_S`` (jobs running, limits held,
    succeeded outcomes held), and a link that attaches to it again takes it back: a job
    id sent again that still runs is adopted, one that succeeded is answered from what
    was held without running again (the daemon passes what its store holds as
@@ -174,7 +175,8 @@ class _Job:
 
 class _Client:
     __slots__ = ("link", "prefix", "jobs", "scopes", "limits", "outcomes", "last_heard",
-                 "session", "fresh", "resumed", "held", "records", "away_since", "leaving")
+                 "session", "fresh", "resumed", "held", "records", "away_since", "leaving",
+                 "keep_s")
 
     def __init__(self, link: int | None, prefix: str, now: float) -> None:
         #: None while a named session's client is away
@@ -199,6 +201,8 @@ class _Client:
         #: succeeded outcomes not yet in a ``Record``
         self.records: list[JobOutcome] = []
         self.away_since: float | None = None
+        #: how long it is kept while away
+        self.keep_s = SESSION_KEEP_S
         #: said ``Goodbye``: its link closing ends the session
         self.leaving = False
 
@@ -340,7 +344,7 @@ class Coordination:
             if flow.ended_at is not None and now - flow.ended_at >= KEEP_FLOWS_S:
                 del self._flows[key]
         for client in list(self._sessions.values()):
-            if client.away_since is not None and now - client.away_since >= SESSION_KEEP_S:
+            if client.away_since is not None and now - client.away_since >= client.keep_s:
                 out += self._client_gone(client, now)
         return out + self._capacity_changed()
 
@@ -413,7 +417,7 @@ class Coordination:
         kind = type(msg)
         if kind is Attach:
             assert isinstance(msg, Attach)
-            return self._attach(client, msg.session, now)
+            return self._attach(client, msg.session, min(msg.keep_s, SESSION_KEEP_S), now)
         if kind is not Heartbeat and kind is not StatusRequest:
             client.fresh = False
         if kind is Submit:
@@ -467,14 +471,15 @@ class Coordination:
                 "and follows its flow and submits its jobs (asyncjobs run --connect)"))]
         return []  # Heartbeat; Error: the client says what it disliked
 
-    def _attach(self, client: _Client, session: str, now: float) -> list[Output]:
+    def _attach(self, client: _Client, session: str, keep_s: float, now: float
+                ) -> list[Output]:
         link = client.link
         assert link is not None
         if client.session is not None or not client.fresh:
             return self._refuse(link, "protocol", "Attach comes first on a link, and once")
         kept = self._sessions.get(session)
         if kept is None:
-            client.session = session
+            client.session, client.keep_s = session, keep_s
             self._sessions[session] = client
             return []
         if kept.link is not None:
@@ -483,7 +488,7 @@ class Coordination:
         # the kept session takes this link; the fresh client made for it had nothing yet
         self._clients[link] = kept
         kept.link, kept.away_since, kept.last_heard = link, None, now
-        kept.resumed, kept.fresh = True, False
+        kept.resumed, kept.fresh, kept.keep_s = True, False, keep_s
         return []
 
     def _submit(self, client: _Client, specs: tuple[JobSpec, ...], now: float,

@@ -144,6 +144,9 @@ class CoordinatorServer:
         self._commits_begun = 0
         self._commits_done = 0
         self._commit_done = asyncio.Event()
+        #: sessions being looked up: what they recorded meanwhile (a job that ends while
+        #: its resubmission waits for the store would be in neither)
+        self._watched: dict[str, dict[str, JobOutcome]] = {}
         self.tls = tls
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s
@@ -314,6 +317,9 @@ class CoordinatorServer:
             assert isinstance(out, Record)
             session = out.session
             batch.outcomes.extend((session, o) for o in out.outcomes)
+            watched = self._watched.get(session)
+            if watched is not None:
+                watched.update((o.job_id, o) for o in out.outcomes)
         elif type(out) is SaveFlow:
             assert isinstance(out, SaveFlow)
             batch.flows.append(StoredFlow(out.session, out.status, out.ended_at))
@@ -355,11 +361,17 @@ class CoordinatorServer:
         """What the store holds as succeeded among the jobs ``msg`` sends again, once
         every commit begun before this call is done."""
         assert self.store is not None
-        want = self._commits_begun + (1 if self._batch is not None else 0)
-        while self._commits_done < want:
-            self._commit_wake.set()
-            await self._commit_done.wait()
-        return await self.store.succeeded(session, [spec.job_id for spec in msg.jobs])
+        watched = self._watched[session] = {}
+        try:
+            want = self._commits_begun + (1 if self._batch is not None else 0)
+            while self._commits_done < want:
+                self._commit_wake.set()
+                await self._commit_done.wait()
+            found = await self.store.succeeded(session, [spec.job_id for spec in msg.jobs])
+        finally:
+            del self._watched[session]
+        found.update(watched)
+        return found
 
     # -- time -------------------------------------------------------------------------
 

@@ -291,6 +291,9 @@ class Attach:
 
     #: the client's choice: stable across its links, unique among clients
     session: str
+    #: how long the coordinator keeps the session while its client is away (it may
+    #: keep it less: an hour at most)
+    keep_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,7 +657,7 @@ MESSAGES: dict[type[Message], Spec] = {
     ReleaseLimits: Spec(16, frozenset({(_K, _C)}), {"scope": _TEXT}),
     ClusterInfo: Spec(17, frozenset({(_C, _K)}), {
         "capacity": Field(_capacity), "nodes": _COUNT}),
-    Attach: Spec(18, frozenset({(_K, _C)}), {"session": _TEXT}),
+    Attach: Spec(18, frozenset({(_K, _C)}), {"session": _TEXT, "keep_s": _SECONDS}),
 }
 # FlowStatus is a message and, inside StatusReply, an item too.
 ITEMS[FlowStatus] = MESSAGES[FlowStatus].fields
