@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import time
 from typing import TYPE_CHECKING, Any
@@ -411,3 +412,15 @@ def test_default_path_is_under_home_otherwise(clean_env: pytest.MonkeyPatch,
     assert default_state_path() == tmp_path / ".local/state/asyncjobs/coordinator.db"
     clean_env.setenv("XDG_STATE_HOME", "relative/is/ignored")
     assert default_state_path() == tmp_path / ".local/state/asyncjobs/coordinator.db"
+
+
+def test_a_new_state_file_and_its_folder_are_the_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "coordinator.db"
+    store = SqliteStateStore.open(path)
+    try:
+        store.write(WriteBatch(outcomes=[("s", JobOutcome("a", JobStatus.SUCCEEDED, 1))]))
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        for name in ("coordinator.db", "coordinator.db-wal"):
+            assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600, name
+    finally:
+        store.close()

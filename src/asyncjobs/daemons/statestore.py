@@ -235,10 +235,13 @@ class SqliteStateStore:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # jobs' results are the users' data: the folder and the file are the owner's
+        # alone (SQLite gives its -wal and -shm files the database file's mode)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = _lock(path.with_name(path.name + ".lock"), str(path))
         conn: sqlite3.Connection | None = None
         try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             conn = sqlite3.connect(path, isolation_level=None)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
