@@ -89,7 +89,7 @@ def test_pure_layers_do_no_io_and_import_nothing_above_them(package: str) -> Non
 
 #: which layer each top-level module or package of asyncjobs belongs to, lowest first
 LAYERS: dict[str, tuple[str, ...]] = {
-    "leaf": ("errors", "model", "config", "marks", "targets", "auth"),
+    "leaf": ("errors", "model", "config", "marks", "targets", "auth", "pidlock"),
     "pure": ("core", "flow", "protocol"),
     "adapter": ("executors", "store", "report", "transport", "eventloop"),
     "seam": ("backend",),

@@ -229,3 +229,21 @@ class HandshakeTimeout(ConnectionFailed, TimeoutError):
 class ClusterConfigError(AsyncJobsError, ValueError):
     """A cluster setting that cannot work: a secret file others may read, an address that
     is not HOST:PORT, a public listen address without a secret. Exit code 2."""
+
+
+class StateInUse(ClusterConfigError):
+    """Another process holds the coordinator's state file: one coordinator per file.
+
+    :param path: the state database
+    :param pid: the process holding it, or ``None`` when it could not be read
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        super().__init__(path, pid)
+        self.path = path
+        self.pid = pid
+
+    def __str__(self) -> str:
+        who = "pid unknown" if self.pid is None else f"pid {self.pid}"
+        return (f"the coordinator state {self.path} is in use by another process ({who}); "
+                "stop that coordinator, or give this one another --state file")

@@ -29,10 +29,8 @@ All SQLite calls run on one thread of their own, so the event loop never waits o
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
+from . import pidlock
 from .errors import RunInProgress, StateUnavailable
 
 if TYPE_CHECKING:
@@ -55,8 +54,6 @@ FLUSH_EVERY_S = 0.1
 #: how long a connection waits for another run's write (SQLite's busy timeout), and how
 #: long "busy" answers that come without waiting are retried
 BUSY_TIMEOUT_S = 30.0
-#: how long to wait for a lock holder to write its pid, for the error message
-PID_WAIT_S = 0.2
 
 #: bumped when the tables change; a state file of another version is started afresh
 #: (it only ever saves work on ``--resume``, it never holds anything else)
@@ -328,45 +325,15 @@ class RunStore:
             conn.close()
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)  # for a forked child that shares it, too
-            os.close(fd)
+            pidlock.unlock(fd)
 
 
 def _lock(path: Path, shown_path: str) -> int:
-    """Lock ``path`` for this run and write our pid in it; the lock goes with the
-    process, however it ends.
-
-    :raises RunInProgress: if another run holds it
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """:raises RunInProgress: if another run holds the lock"""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = _read_pid(fd)
-        os.close(fd)
-        raise RunInProgress(shown_path, pid) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _read_pid(fd: int) -> int | None:
-    """The pid the lock holder wrote, waiting a little for it to be written."""
-    deadline = time.monotonic() + PID_WAIT_S
-    while True:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text.isdigit():
-            return int(text)
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.01)
+        return pidlock.lock(path)
+    except pidlock.Held as held:
+        raise RunInProgress(shown_path, held.pid) from None
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

@@ -20,12 +20,11 @@ from asyncjobs.daemons.statestore import (
     KEEP_FLOWS_S,
     AsyncStateStore,
     SqliteStateStore,
-    StateInUse,
     StoredFlow,
     WriteBatch,
     default_state_path,
 )
-from asyncjobs.errors import ClusterConfigError
+from asyncjobs.errors import ClusterConfigError, StateInUse
 from asyncjobs.model import JobStatus
 from asyncjobs.protocol import FlowStatus, JobOutcome, UnencodableValue
 

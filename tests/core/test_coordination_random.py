@@ -77,6 +77,28 @@ class Run:
         results = tuple(AttemptResult(j, a, f"{j}@{a}") for j, a in done)
         self.take(self.c.message(link, Result(results), self.now))
 
+    def step(self, step: str) -> None:
+        """One of the steps both tests take: a node answers, joins or dies; time passes."""
+        self.now += 0.5
+        links = list(self.links)
+        if step == "answer" and links:
+            self.answer(self.rng.choice(links), self.rng.randint(1, 4))
+        elif step == "join":
+            self.join()
+        elif step == "kill" and links:
+            self.close(self.rng.choice(links))
+        elif step == "tick":
+            self.take(self.c.tick(self.now))
+
+    def settle(self, jobs: int) -> None:
+        """A healthy node, answering everything it holds until all is done (bounded)."""
+        self.join()
+        for _ in range(10 * jobs + 10):
+            if len(self.outcomes) == jobs:
+                break
+            for link in list(self.links):
+                self.answer(link, 4)
+
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), jobs=st.integers(1, 40),
@@ -88,26 +110,12 @@ def test_every_job_is_answered_exactly_once(seed: int, jobs: int, steps: list[st
     specs = tuple(Spec(f"j{i}", "m:f", (i,), None, IO, None, 0, None) for i in range(jobs))
     run.take(run.c.message(CLIENT, Submit(specs), run.now))
     for step in steps:
-        run.now += 0.5
-        links = list(run.links)
-        if step == "answer" and links:
-            run.answer(run.rng.choice(links), run.rng.randint(1, 4))
-        elif step == "join":
-            run.join()
-        elif step == "kill" and links:
-            run.close(run.rng.choice(links))
-        elif step == "cancel":
+        if step == "cancel":
             job = f"j{run.rng.randrange(jobs)}"
             run.take(run.c.message(CLIENT, Cancel((job,)), run.now))
-        elif step == "tick":
-            run.take(run.c.tick(run.now))
-    # then a healthy node, answering everything it holds until all is done
-    run.join()
-    for _ in range(10 * jobs + 10):
-        if len(run.outcomes) == jobs:
-            break
-        for link in list(run.links):
-            run.answer(link, 4)
+        else:
+            run.step(step)
+    run.settle(jobs)
     assert set(run.outcomes) == {s.job_id for s in specs}
     assert all(len(v) == 1 for v in run.outcomes.values())
     for job_id, (out,) in run.outcomes.items():
@@ -169,27 +177,14 @@ def test_a_session_that_comes_and_goes_hears_of_each_job_once_and_reruns_no_succ
     specs = tuple(Spec(f"j{i}", "m:f", (i,), None, IO, None, 0, None) for i in range(jobs))
     run.take(run.c.message(CLIENT, Submit(specs), run.now))
     for step in steps:
-        run.now += 0.5
-        links = list(run.links)
-        if step == "answer" and links:
-            run.answer(run.rng.choice(links), run.rng.randint(1, 4))
-        elif step == "join":
-            run.join()
-        elif step == "kill" and links:
-            run.close(run.rng.choice(links))
-        elif step == "away":
+        if step == "away":
             run.away()
         elif step == "back":
             run.back(specs)
-        elif step == "tick":
-            run.take(run.c.tick(run.now))
+        else:
+            run.step(step)
     run.back(specs)
-    run.join()
-    for _ in range(10 * jobs + 10):
-        if len(run.outcomes) == jobs:
-            break
-        for link in list(run.links):
-            run.answer(link, 4)
+    run.settle(jobs)
     assert set(run.outcomes) == {s.job_id for s in specs}
     assert all(len(v) == 1 for v in run.outcomes.values()), run.outcomes
     assert run.assigned_after_record == []

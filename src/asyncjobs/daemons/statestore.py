@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import queue
 import sqlite3
@@ -61,7 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import ClusterConfigError
+from .. import pidlock
+from ..errors import ClusterConfigError, StateInUse
 from ..protocol.messages import FlowStatus, JobOutcome, decode_item, encode_items
 
 if TYPE_CHECKING:
@@ -105,22 +105,6 @@ _PUT_FLOW = ("INSERT INTO flows (session, flow_id, file, state, done, total, end
 _PRUNE_FLOWS = "DELETE FROM flows WHERE ended_at < ?"
 
 
-class StateInUse(ClusterConfigError):
-    """Another process holds the coordinator's state file: one coordinator per file.
-
-    :param path: the state database
-    :param pid: the process holding it, or ``None`` when it could not be read
-    """
-
-    def __init__(self, path: str, pid: int | None) -> None:
-        super().__init__(path, pid)
-        self.path = path
-        self.pid = pid
-
-    def __str__(self) -> str:
-        who = "pid unknown" if self.pid is None else f"pid {self.pid}"
-        return (f"the coordinator state {self.path} is in use by another process ({who}); "
-                "stop that coordinator, or give this one another --state file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +245,7 @@ class SqliteStateStore:
         except BaseException:
             if conn is not None:
                 conn.close()
-            _unlock(fd)
+            pidlock.unlock(fd)
             raise
         return cls(conn, fd, path)
 
@@ -354,7 +338,7 @@ class SqliteStateStore:
                 conn.close()
         finally:
             if fd is not None:
-                _unlock(fd)
+                pidlock.unlock(fd)
 
 
 #: what the store thread runs: (function, its argument, what gets the result or the
@@ -559,31 +543,9 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 
 def _lock(path: Path, shown_path: str) -> int:
-    """Lock ``path`` for this process and write our pid in it; the lock goes with the
-    process, however it ends.
-
-    :raises StateInUse: if another process holds it
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """:raises StateInUse: if another process holds the lock"""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise StateInUse(shown_path, int(text) if text.isdigit() else None) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except BaseException:
-        _unlock(fd)
-        raise
-    return fd
-
-
-def _unlock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)  # for a forked child that shares it, too
-    os.close(fd)
+        return pidlock.lock(path)
+    except pidlock.Held as held:
+        raise StateInUse(shown_path, held.pid) from None
 
