@@ -1,4 +1,4 @@
-"""Run state in SQLite, for ``--resume``. The only module that imports sqlite3.
+"""Run state in SQLite, for ``--resume`` (the coordinator's own is ``daemons/statestore.py``).
 
 Every run of a flow records the jobs that succeeded in ``.asyncjobs/state.db`` beside
 the flow file (WAL mode): their id, fingerprint (a digest of the job's definition and of
