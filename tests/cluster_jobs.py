@@ -6,15 +6,20 @@ import asyncio
 import os
 
 
+def append_line(path: str, text: str) -> None:
+    """Append ``text`` to a file in one write (O_APPEND: whole, from any process)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 async def ledger(path: str, i: int, seconds: float = 0.002) -> int:
     """Append ``i`` and the pid that ran it to a ledger (a line per execution, from any
     process), then return ``i``."""
     await asyncio.sleep(seconds)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(path, f"{i} {os.getpid()}\n")
     return i
 
 

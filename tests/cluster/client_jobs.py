@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+from tests.cluster_jobs import append_line
+
 
 async def nap(i: int, seconds: float) -> int:
     """Sleep, then return ``i`` (items finish out of order when their sleeps differ)."""
@@ -22,19 +24,13 @@ def broken(text: str) -> None:
     raise ValueError(f"no good: {text}")
 
 
-def _note(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 async def mark_and_sleep(path: str, seconds: float) -> None:
     """Note its start in a file, then sleep (a job to cancel while it runs)."""
-    _note(path, "started\n")
+    append_line(path, "started\n")
     await asyncio.sleep(seconds)
-    _note(path, "ended\n")
+    append_line(path, "ended\n")
 
 
 def total(values: list[int]) -> int:

@@ -21,6 +21,7 @@ from asyncjobs.model import JobKind
 from asyncjobs.protocol import Role
 from asyncjobs.protocol.messages import Cancel, JobOutcome, JobSpec, Outcome, Submit
 from asyncjobs.transport import Link, connect
+from tests.cluster_jobs import append_line
 
 from .harness import Coordinator, Node, wait_for_nodes
 
@@ -55,25 +56,22 @@ async def huge(size: int) -> bytes:
 
 async def block_the_loop(marker: str, seconds: float) -> None:
     """A job that never yields: its loop's event loop stops turning."""
-    _append(marker, f"{os.getpid()}\n")
+    append_line(marker, f"{os.getpid()}\n")
     time.sleep(seconds)  # noqa: ASYNC251 - blocking its event loop is the point
 
 
-def _append(path: str, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text)
 
 
 async def ledger(path: str, seconds: float) -> int:
     """Note its start and end in a shared file; the pid of its loop."""
-    _append(path, "+\n")
+    append_line(path, "+\n")
     await asyncio.sleep(seconds)
-    _append(path, "-\n")
+    append_line(path, "-\n")
     return os.getpid()
 
 
 async def marked_sleep(marker: str, seconds: float, value: object) -> object:
-    _append(marker, "started")
+    append_line(marker, "started")
     await asyncio.sleep(seconds)
     return value
 

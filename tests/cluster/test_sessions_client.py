@@ -49,6 +49,7 @@ from asyncjobs.protocol import (
 from asyncjobs.protocol.handshake import Role
 from asyncjobs.transport import Link, connect, serve
 from tests import cluster_jobs
+from tests.cluster_jobs import append_line
 
 from .harness import Coordinator, Node, daemon_env, wait_for_nodes
 
@@ -64,21 +65,15 @@ pytestmark = pytest.mark.timeout(120)  # each test bounds its own waits well bel
 HERE = "tests.cluster.test_sessions_client"
 
 
-def _append(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 async def noted(path: str, i: int, seconds: float) -> int:
     """Note ``start i`` in a ledger, sleep, note ``end i``, return ``i``: a job started
     twice (not adopted) shows two starts, one run again after it succeeded two ends."""
     i = int(i)
-    _append(path, f"start {i}\n")
+    append_line(path, f"start {i}\n")
     await asyncio.sleep(float(seconds))
-    _append(path, f"end {i}\n")
+    append_line(path, f"end {i}\n")
     return i
 
 
