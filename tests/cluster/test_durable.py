@@ -148,3 +148,21 @@ def test_a_state_file_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30, env=daemon_env())
     assert done.returncode == 2 and str(state) in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("what", ["folder", "not-a-database"])
+def test_a_state_file_that_cannot_be_used_is_one_line(tmp_path: Path, what: str) -> None:
+    if what == "folder":
+        blocked = tmp_path / "file"
+        blocked.write_text("")
+        state = blocked / "coordinator.db"  # its folder is a file
+    else:
+        state = tmp_path / "coordinator.db"
+        state.write_bytes(b"this is not SQLite" * 100)
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncjobs", "coordinator", "--listen", "127.0.0.1:0",
+         "--state", str(state)],
+        capture_output=True, text=True, timeout=30, env=daemon_env())
+    assert done.returncode == 2, done.stderr
+    assert str(state) in done.stderr and "--state" in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1

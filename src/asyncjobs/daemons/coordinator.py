@@ -24,6 +24,7 @@ import gc
 import itertools
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -512,6 +513,12 @@ async def _serve(host: str, port: int, http: tuple[str, int] | None,
             store = await AsyncStateStore.open(state_path)
         except ClusterConfigError as exc:
             return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"cannot open the state file {state_path}: "
+                         f"{exc.strerror or exc} (give --state another path, or --no-state)")
+        except sqlite3.Error as exc:
+            return _fail(f"{state_path} is not a state file this coordinator can use "
+                         f"({exc}): give --state another path")
         print(f"asyncjobs coordinator: state in {state_path}", file=sys.stderr, flush=True)
     try:
         return await _serve_with(CoordinatorServer(store=store, **options), host, port, http)
