@@ -46,3 +46,8 @@ async def loop_pid(seconds: float = 0.01) -> int:
     """The pid of the process whose event loop runs this io job."""
     await asyncio.sleep(seconds)
     return os.getpid()
+
+
+async def blob(size: int) -> str:
+    """A result of ``size`` characters."""
+    return "x" * size

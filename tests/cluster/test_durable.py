@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+import asyncjobs
 from asyncjobs.protocol.messages import JobOutcome, decode_item
+from tests import cluster_jobs
 
 from .harness import REPO, Coordinator, Node, daemon_env, status, wait_for_nodes
 
@@ -166,3 +169,38 @@ def test_a_state_file_that_cannot_be_used_is_one_line(tmp_path: Path, what: str)
     assert done.returncode == 2, done.stderr
     assert str(state) in done.stderr and "--state" in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
+def _small_files() -> None:
+    """In the child: files of at most 256 KiB (past it a write fails with EFBIG: Python
+    ignores SIGXFSZ), so the state file fills up as a full disk would."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+async def test_a_state_file_that_cannot_be_written_stops_the_coordinator_in_one_line(
+        tmp_path: Path) -> None:
+    state = tmp_path / "coordinator.db"
+    log = tmp_path / "coordinator.log"
+    with log.open("w") as err:
+        coord = subprocess.Popen(  # noqa: ASYNC220 - a daemon beside this loop
+            [sys.executable, "-m", "asyncjobs", "coordinator", "--listen", "127.0.0.1:0",
+             "--state", str(state)], stderr=err, env=daemon_env(),
+            preexec_fn=_small_files)
+    try:
+        deadline = time.monotonic() + 20
+        while "listening on" not in log.read_text() and time.monotonic() < deadline:  # noqa: ASYNC110 - a file has no event
+            await anyio.sleep(0.02)
+        address = log.read_text().split("listening on ")[1].split()[0]
+        with Node(tmp_path, address, "a"):
+            with contextlib.suppress(Exception):
+                async with asyncjobs.connect(address, session="big",
+                                             reconnect_s=0.5) as cluster:
+                    await cluster.map(cluster_jobs.blob, [20_000] * 200)
+            code = await anyio.to_thread.run_sync(lambda: coord.wait(20))
+    finally:
+        if coord.poll() is None:
+            coord.kill()
+            coord.wait()
+    text = log.read_text()
+    assert code == 1, text
+    assert "cannot write the state file" in text and "Traceback" not in text, text

@@ -19,6 +19,7 @@ before it is durable; nodes' links never wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import itertools
@@ -329,16 +330,25 @@ class CoordinatorServer:
             batch.forget.append(out.session)
 
     async def _committer(self) -> None:
-        """Commit what accumulated, one transaction at a time; then send what waited."""
+        """Commit what accumulated, one transaction at a time; then send what waited.
+
+        :raises StateWriteFailed: the store could not write (a full disk): the
+            coordinator stops rather than tell clients of results it does not keep
+        """
         assert self.store is not None
+        failed = False
         try:
             while True:
                 await self._commit_wake.wait()
                 self._commit_wake.clear()
                 await self._commit_once()
+        except (OSError, sqlite3.Error) as exc:
+            failed = True
+            raise StateWriteFailed(f"cannot write the state file: {exc}") from exc
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._commit_once()  # SIGTERM: what is pending is kept
+            if not failed:
+                with anyio.CancelScope(shield=True):
+                    await self._commit_once()  # SIGTERM: what is pending is kept
 
     async def _commit_once(self) -> None:
         """Commit the batch; then send what waited for it (what was held before it was
@@ -522,9 +532,19 @@ async def _serve(host: str, port: int, http: tuple[str, int] | None,
         print(f"asyncjobs coordinator: state in {state_path}", file=sys.stderr, flush=True)
     try:
         return await _serve_with(CoordinatorServer(store=store, **options), host, port, http)
+    except BaseExceptionGroup as group:
+        failed, rest = group.split(StateWriteFailed)
+        if failed is None or rest is not None:
+            raise
+        leaf: BaseException = failed
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        print(f"asyncjobs coordinator: error: {leaf}; stopped, so that no client is "
+              f"told of a result it does not keep", file=sys.stderr, flush=True)
+        return 1
     finally:
         if store is not None:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
                 await store.aclose()
 
 
@@ -558,6 +578,10 @@ async def _serve_with(server: CoordinatorServer, host: str, port: int,
                 await web.cleanup()
     print("asyncjobs coordinator: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+class StateWriteFailed(Exception):
+    """The state file could not be written while serving."""
 
 
 def _stop(scope: anyio.CancelScope, notifier: Notifier) -> None:
