@@ -26,6 +26,8 @@ class JobSubmitted:
     backoff_s: float = 1.0
     now: float = 0.0
     stimulus_id: str = ""
+    #: units of each limit an attempt holds: 1 for a job, n for a chunk of n calls
+    weight: int = 1
 
 
 @dataclass(slots=True)

@@ -76,23 +76,32 @@ class Limit:
             room = tokens if room is None else min(room, tokens)
         return room
 
-    def take(self, now: float) -> None:
-        self.in_use += 1
+    def take(self, now: float, units: int = 1) -> None:
+        self.in_use += units
         if self.rate_per_s is not None:
             self._refill(now)
-            self._tokens -= 1
+            self._tokens -= units
 
-    def release(self) -> None:
-        self.in_use -= 1
+    def release(self, units: int = 1) -> None:
+        self.in_use -= units
 
-    def next_token_at(self, now: float) -> float | None:
-        """When the next rate token arrives, if the bucket is empty now."""
+    def most(self) -> int | None:
+        """The most units one attempt may hold: its concurrency, and the bucket's size
+        (a heavier one could never start). None: no bound."""
+        most = self.concurrency
+        if self.burst is not None:
+            whole = int(self.burst + 1e-9)
+            most = whole if most is None else min(most, whole)
+        return most
+
+    def next_token_at(self, now: float, units: int = 1) -> float | None:
+        """When the bucket will hold ``units`` tokens, if it does not now."""
         if self.rate_per_s is None:
             return None
         self._refill(now)
-        if self._tokens + 1e-9 >= 1:
+        if self._tokens + 1e-9 >= units:
             return None
-        return now + (1 - self._tokens) / self.rate_per_s
+        return now + (units - self._tokens) / self.rate_per_s
 
     def _refill(self, now: float) -> None:
         assert self.rate_per_s is not None and self.burst is not None

@@ -9,9 +9,11 @@ Rules the code keeps:
 
 1. A job's status changes only through ``_set_status``, and only along ``TRANSITIONS``;
    any other change raises ``InvalidTransition``.
-2. A running attempt holds one unit of every limit it names, from ``StartAttempt`` until
-   the engine reports that attempt's end (succeeded, failed or cancelled), even when the
-   job itself was cancelled earlier. So limits count what really runs.
+2. A running attempt holds ``weight`` units (one for a job, n for a chunk of n calls) of
+   every limit it names, from ``StartAttempt`` until the engine reports that attempt's
+   end (succeeded, failed or cancelled), even when the job itself was cancelled
+   earlier. So limits count what really runs. A job heavier than a limit's
+   concurrency, or its rate's burst, could never start: it is refused (rule 6).
 3. Reports about an attempt that is no longer current are stale: they free the attempt's
    limits and change nothing else.
 4. Jobs that need the same limits start in submission order (one FIFO queue per set of
@@ -85,11 +87,12 @@ _EVENT_TYPES = frozenset({JobSubmitted, AttemptSucceeded, AttemptFailed, Attempt
 
 class _Job:
     __slots__ = ("id", "limits", "retries", "backoff_s", "status", "attempt", "retry_at",
-                 "held", "lost")
+                 "held", "lost", "weight")
 
     def __init__(self, ev: JobSubmitted) -> None:
         self.id = ev.job_id
         self.limits = ev.limits
+        self.weight = ev.weight
         self.retries = ev.retries
         self.backoff_s = ev.backoff_s
         self.status: JobStatus | None = None
@@ -122,8 +125,9 @@ class SchedulerState:
         self._retry_heap: list[tuple[float, int, _Job]] = []
         self._retry_seq = 0
         #: attempts of jobs that ended (cancelled) while they ran -> the limits they
-        #: still hold (rule 2); a running job's own attempt keeps them in ``_Job.held``
-        self._held: dict[tuple[str, int], tuple[str, ...]] = {}
+        #: still hold, and how many units (rule 2); a running job's own attempt keeps
+        #: them in ``_Job.held``
+        self._held: dict[tuple[str, int], tuple[tuple[str, ...], int]] = {}
         self._now = 0.0
         #: (now, event type, stimulus id) of the latest stimuli, for post-mortems
         self.log: deque[tuple[float, str, str]] = deque(maxlen=STIMULUS_LOG_SIZE)
@@ -190,6 +194,8 @@ class SchedulerState:
                 for name in ev.limits:
                     if (name not in limits or name in retired) and name not in new_limits:
                         raise ValueError(f"job {ev.job_id!r} names unknown limit {name!r}")
+                if ev.weight != 1:
+                    self._check_weight(ev)
             elif kind is LimitsDeclared:
                 assert isinstance(ev, LimitsDeclared)
                 if not ev.scope or ev.scope in self._scopes or ev.scope in new_scopes:
@@ -219,8 +225,9 @@ class SchedulerState:
         for key, queue in self._ready.items():
             if not queue:
                 continue
+            units = queue[0].weight
             for name in key:
-                at = self.limits[name].next_token_at(self._now)
+                at = self.limits[name].next_token_at(self._now, units)
                 if at is not None and (wake is None or at < wake):
                     wake = at
         return wake
@@ -265,6 +272,19 @@ class SchedulerState:
         job = _Job(ev)
         self._jobs[job.id] = job
         self._enqueue(job)
+
+    def _check_weight(self, ev: JobSubmitted) -> None:
+        """:raises ValueError: for a weight below 1, or one that a limit the job names
+        could never hold (rule 2)"""
+        if ev.weight < 1:
+            raise ValueError(f"job {ev.job_id!r} has weight {ev.weight}: at least 1")
+        for name in ev.limits:
+            limit = self.limits.get(name)
+            most = None if limit is None else limit.most()
+            if most is not None and ev.weight > most:
+                raise ValueError(f"job {ev.job_id!r} holds {ev.weight} units of limit "
+                                 f"{name!r}, which allows {most} at once: it could never "
+                                 "start")
 
     def _on_limits_declared(self, ev: LimitsDeclared) -> None:
         names = self._scopes[ev.scope] = []
@@ -335,7 +355,7 @@ class SchedulerState:
         if job.status is S.RUNNING:
             out.append(CancelAttempt(job.id, job.attempt, ev.stimulus_id))
             if job.held is not None:
-                self._held[(job.id, job.attempt)] = job.held
+                self._held[(job.id, job.attempt)] = (job.held, job.weight)
                 job.held = None
         self._set_status(job, S.CANCELLED)
         self._finish(
@@ -359,15 +379,19 @@ class SchedulerState:
     def _release(self, job_id: str, attempt: int) -> _Job | None:
         """Free the attempt's limits; return its job, if known (one lookup for both)."""
         job = self._jobs.get(job_id)
+        units = 1
         if job is not None and job.attempt == attempt and job.held is not None:
             held: tuple[str, ...] | None = job.held
             job.held = None
+            units = job.weight
         else:
-            held = self._held.pop((job_id, attempt), None) if self._held else None
+            gone = self._held.pop((job_id, attempt), None) if self._held else None
+            held = None if gone is None else gone[0]
+            units = 1 if gone is None else gone[1]
         if held is not None:
             for name in held:
                 limit = self.limits[name]
-                limit.release()
+                limit.release(units)
                 if not limit.in_use and name in self._retired:
                     self._retired.discard(name)
                     del self.limits[name]
@@ -396,13 +420,24 @@ class SchedulerState:
                 if room is not None and room <= 0:
                     break
                 n = len(queue) if room is None else min(room, len(queue))
+                waits = False
                 for _ in range(n):
-                    job = queue.popleft()
+                    job = queue[0]
                     if job.status is not S.QUEUED:
+                        queue.popleft()
                         continue  # cancelled while queued
+                    units = job.weight
+                    if room is not None:
+                        if units > room:
+                            waits = True  # first in its queue, it waits for room (rule 4)
+                            break
+                        room -= units
+                    queue.popleft()
                     for name in key:
-                        limits[name].take(now)
+                        limits[name].take(now, units)
                     self._set_status(job, S.RUNNING)
                     job.attempt += 1
                     job.held = key
                     out.append(StartAttempt(job.id, job.attempt))
+                if waits:
+                    break
