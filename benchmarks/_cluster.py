@@ -183,15 +183,19 @@ async def wait_for_nodes(cluster_api: object, names: Sequence[str], loops: int =
     raise RuntimeError(f"nodes {list(names)} not all up in {timeout_s} s: {seen}")
 
 
-def tree_rss_mib(pid: int) -> float:
-    """RSS of a process and all its descendants, summed, in MiB (0 if it is gone)."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and its live descendants (none if it is gone)."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return []
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS of a process and all its descendants, summed, in MiB (0 if it is gone)."""
     total = 0
-    for p in procs:
+    for p in _tree(pid):
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total / 2**20
@@ -321,13 +325,8 @@ def dask_version() -> str:
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0.0
-    for p in procs:
+    for p in _tree(pid):
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             total += t.user + t.system
