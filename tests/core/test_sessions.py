@@ -246,3 +246,17 @@ def test_a_session_is_kept_as_long_as_its_client_asked_and_an_hour_at_most() -> 
     assert Forget("short") in h.kept and Forget("long") not in h.kept
     h.tick(SESSION_KEEP_S + 1)
     assert Forget("long") in h.kept
+
+
+def test_without_records_a_session_away_still_answers_from_what_it_held() -> None:
+    h = Kept()
+    h.c = Coordination(records=False)
+    h.node(10, "n1")
+    attached(h, 1)
+    h.msg(1, Submit((spec("a"),)))
+    h.close(1)
+    h.msg(10, Result((ok("c1/a"),)))
+    attached(h, 2)
+    h.msg(2, Submit((spec("a"),)))
+    assert h.outcomes(2)["a"].status is JobStatus.SUCCEEDED
+    assert not any(isinstance(k, Record) for k in h.kept)

@@ -23,17 +23,18 @@ Rules the code keeps:
    flows stay listed (as "lost" if they were running) for ``KEEP_FLOWS_S``. One that
    named a session (``Attach``, first on its link) and goes away without ``Goodbye`` is
    only away: its session is kept for the ``keep_s`` it asked, at most
-   ``SESSION_KEEP_S`` (jobs running, limits held,
-   succeeded outcomes held), and a link that attaches to it again takes it back: a job
+   ``SESSION_KEEP_S`` (jobs running, limits held, succeeded outcomes held), and a link
+   that attaches to it again takes it back: a job
    id sent again that still runs is adopted, one that succeeded is answered from what
    was held without running again (the daemon passes what its store holds as
    ``found``). Only a session's succeeded outcomes are held: a job that failed or was
    cancelled runs again when sent again.
-7. A session's succeeded outcomes leave as ``Record`` before the ``Send`` that carries
-   them, so a daemon with a store commits them before the client can learn of them; a
-   session that ends leaves as ``Forget``; its flows' changes as ``SaveFlow``.
 6. A node's loop whose link closes is a ``LoopDied``; the last link of a node closing is
    ``NodeDisconnected``. Messages from a link after it was closed are ignored.
+7. A session's succeeded outcomes leave as ``Record`` (unless made with
+   ``records=False``: a daemon without a store keeps none) before the ``Send`` that
+   carries them, so a daemon with a store commits them before the client can learn of
+   them; a session that ends leaves as ``Forget``; its flows' changes as ``SaveFlow``.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ class Coordination:
     """
 
     def __init__(self, *, dead_after_s: float = 5.0, wall_offset: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, records: bool = True) -> None:
         self.scheduler = SchedulerState({}, rng=rng)
         self.cluster = ClusterState(dead_after_s=dead_after_s)
         self.dead_after_s = dead_after_s
@@ -244,6 +245,10 @@ class Coordination:
         #: clients whose link is up, by link; named sessions, linked or away
         self._clients: dict[int, _Client] = {}
         self._sessions: dict[str, _Client] = {}
+        #: emit ``Record`` (rule 7): off for a daemon without a store, which keeps none
+        self._recording = records
+        #: sessions with outcomes not yet in a ``Record``
+        self._unrecorded: list[_Client] = []
         self._loops: dict[int, _Loop] = {}
         #: (node, loop) -> its link
         self._loop_links: dict[tuple[str, int], int] = {}
@@ -654,11 +659,12 @@ class Coordination:
         assigns.pop(-1, None)  # a loop whose link closed in this very batch: it is lost
         out.extend(Send(link, Assign(tuple(specs))) for link, specs in assigns.items())
         out.extend(Send(link, Cancel(tuple(ids))) for link, ids in cancels.items())
-        for client in self._sessions.values():
-            if client.records:
+        if self._unrecorded:
+            for client in self._unrecorded:
                 assert client.session is not None
                 out.append(Record(client.session, client.records))
                 client.records = []
+            self._unrecorded.clear()
         for link, client in self._clients.items():
             while client.outcomes:
                 part = client.outcomes[:OUTCOMES_PER_FRAME]
@@ -683,7 +689,10 @@ class Coordination:
             job.spec.job_id, cmd.status, cmd.result, cmd.error, cmd.attempts, job.node,
             job.started_s, wall if job.started_s is not None else None)
         if session is not None and cmd.status is JobStatus.SUCCEEDED:
-            client.records.append(outcome)
+            if self._recording:
+                if not client.records:
+                    self._unrecorded.append(client)
+                client.records.append(outcome)
             if link is None:
                 client.held[outcome.job_id] = outcome
         if link is not None:

@@ -168,7 +168,8 @@ class CoordinatorServer:
         """Accept nodes and clients until cancelled; readiness reports the bound address."""
         loop = self._loop = asyncio.get_running_loop()
         self.state = Coordination(dead_after_s=self.dead_after_s,
-                                  wall_offset=time.time() - loop.time())
+                                  wall_offset=time.time() - loop.time(),
+                                  records=self.store is not None)
         if self.store is not None:
             flows = await self.store.flows()
             self.state.restore(await self.store.sessions(),
