@@ -17,6 +17,9 @@ imports, exit), run in a fresh measuring interpreter, in an order rotated per ro
 - ``aiohttp-script``: this file as a script of its own, importing no asyncjobs: one
   ``ClientSession`` (``TCPConnector(limit=0)``), ``asyncio.gather`` over N coroutines,
   ``asyncio.Semaphore(limit)``, on uvloop;
+- ``aiohttp-script-x2``: two of those scripts at once, each with half the GETs and half
+  the limit (``sh -c "A & B; wait"``): what two processes without any coordination, the
+  best a two-loop design could do, reach on this machine;
 - ``cluster-loops2`` (with ``--cluster``): ``asyncjobs coordinator`` + ``asyncjobs node
   --loops 2`` started and warmed before the clock, then the whole command ``asyncjobs
   run FLOW --connect ADDR --quiet``.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,7 +42,7 @@ import time
 from pathlib import Path
 
 TARGET = 1.3
-VARIANTS = ["asyncjobs-loops2", "asyncjobs-loops1", "aiohttp-script"]
+VARIANTS = ["asyncjobs-loops2", "asyncjobs-loops1", "aiohttp-script", "aiohttp-script-x2"]
 CLUSTER_VARIANT = "cluster-loops2"
 FLOW = """\
 limits: {{api: {limit}}}
@@ -146,6 +150,12 @@ def child(variant: str, n: int, limit: int, url: str) -> None:
         elif variant == "aiohttp-script":
             result = run_command([sys.executable, __file__, "--bare", "--n", str(n),
                                   "--limit", str(limit), "--url", url])
+        elif variant == "aiohttp-script-x2":
+            a, b = ([sys.executable, __file__, "--bare", "--n", str(part), "--limit",
+                     str(max(1, limit // 2)), "--url", url] for part in (n // 2, n - n // 2))
+            both = (f"{shlex.join(a)} & first=$!; {shlex.join(b)}; second=$?; "
+                    "wait $first && exit $second")
+            result = run_command(["sh", "-c", both])
         else:
             result = cluster_variant(run, Path(tmp), limit, url)
     _harness.emit(result)
@@ -242,7 +252,7 @@ def report(args: argparse.Namespace, variants: list[str],
     if not ratios:
         return
     print()
-    for ours in ("asyncjobs-loops2", "asyncjobs-loops1", CLUSTER_VARIANT):
+    for ours in ("asyncjobs-loops2", "asyncjobs-loops1", "aiohttp-script-x2", CLUSTER_VARIANT):
         if ours not in runs:
             continue
         ratio, low, high = _harness.paired_ratio(runs["aiohttp-script"], runs[ours])
@@ -251,6 +261,11 @@ def report(args: argparse.Namespace, variants: list[str],
             target = f"; target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}"
         print(f"{ours} / aiohttp-script requests/s = {ratio:.3f} (median of the rounds' "
               f"ratios; {low:.3f}-{high:.3f}){target}")
+    if "asyncjobs-loops2" in runs:
+        ratio, low, high = _harness.paired_ratio(runs["aiohttp-script-x2"],
+                                                 runs["asyncjobs-loops2"])
+        print(f"asyncjobs-loops2 / aiohttp-script-x2 requests/s = {ratio:.3f} ({low:.3f}-"
+              f"{high:.3f}): against two processes that need no coordination")
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ class JobEntry:
     limits: tuple[str, ...]
     retries: int
     backoff_s: float
+    #: units of each limit (and slots of its kind) an attempt holds: n for a chunk of n
+    #: io calls run at once, else 1
+    weight: int = 1
 
     def begin(self, attempt: int) -> Call:
         """An attempt starts: return the call it runs (raising fails the attempt, for
@@ -51,7 +54,7 @@ class Entry(JobEntry):
     ``prepare`` builds), ``finished`` calls ``on_done``."""
 
     __slots__ = ("job_id", "kind", "call", "prepare", "on_done", "on_start", "limits",
-                 "retries", "backoff_s")
+                 "retries", "backoff_s", "weight")
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class Entry(JobEntry):
         backoff_s: float = 1.0,
         limits: tuple[str, ...] = (),
         on_start: Callable[[int], None] | None = None,
+        weight: int = 1,
     ) -> None:
         if (call is None) == (prepare is None):
             raise ValueError("give exactly one of call= and prepare=")
@@ -79,6 +83,7 @@ class Entry(JobEntry):
         self.limits = limits
         self.retries = retries
         self.backoff_s = backoff_s
+        self.weight = weight
 
     def begin(self, attempt: int) -> Call:
         if self.on_start is not None:
@@ -123,6 +128,12 @@ class Backend(Protocol):
 
     def capacity(self, kind: JobKind) -> int | None:
         """How many attempts of ``kind`` run at once (None: no bound)."""
+
+    def io_chunk(self, most: int | None, total: int | None) -> int:
+        """How many small io calls one job should carry, for ``total`` calls (None: not
+        known) under a limit that allows ``most`` at once (None: no limit): 1 where a
+        job costs little more than its call (an engine runs it in place), more where
+        each job crosses processes."""
 
     def declare_limits(self, scope: str, limits: Mapping[str, LimitSpec]) -> None:
         """Named limits for one scope; jobs name them ``scoped(scope, name)``.

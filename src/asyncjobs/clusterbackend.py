@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from .backend import check_new_ids
+from .core.chunking import io_chunk_size
 from .core.commands import JobFinished
 from .errors import AsyncJobsError, ConnectionFailed, RunnerClosed, SessionBusy
 from .executors.remote import to_wire
@@ -205,6 +206,7 @@ class ClusterBackend:
         self._scopes: set[str] = set()
         self._capacity: dict[JobKind, int] = {}
         self._nodes = 0
+        self._loops = 0
         #: set once the first ``ClusterInfo`` arrived
         self.informed = asyncio.Event()
         self._outbox: list[Message] = []
@@ -316,6 +318,10 @@ class ClusterBackend:
         if not self._nodes:
             return None
         return self._capacity.get(kind) or None
+
+    def io_chunk(self, most: int | None, total: int | None) -> int:
+        # each job crosses client, coordinator and loop, a message each way per hop
+        return io_chunk_size(most, self._loops, self._capacity.get(JobKind.IO), total)
 
     def declare_limits(self, scope: str, limits: Mapping[str, LimitSpec]) -> None:
         """:raises ValueError: if the scope is declared already"""
@@ -487,14 +493,16 @@ class ClusterBackend:
             call = entry.begin(1)
             if isinstance(call.fn, ByName):
                 return JobSpec(entry.job_id, call.fn.ref, tuple(call.args),
-                               call.kwargs or None, limits=tuple(entry.limits))
+                               call.kwargs or None, limits=tuple(entry.limits),
+                               weight=entry.weight)
             ref, args, kwargs = to_wire(call)
         except Exception as exc:
             self._fail(entry, ErrorInfo.from_exception(exc, retryable=False))
             return None
         return JobSpec(entry.job_id, ref, tuple(args), kwargs or None, kind=entry.kind,
                        timeout_s=call.timeout_s, retries=entry.retries,
-                       backoff_s=entry.backoff_s, limits=tuple(entry.limits))
+                       backoff_s=entry.backoff_s, limits=tuple(entry.limits),
+                       weight=entry.weight)
 
     async def _send_loop(self) -> None:
         while True:
@@ -592,6 +600,7 @@ class ClusterBackend:
             assert isinstance(msg, ClusterInfo)
             self._capacity = dict(msg.capacity)
             self._nodes = msg.nodes
+            self._loops = msg.loops
             self.informed.set()
         elif kind is StatusReply:
             assert isinstance(msg, StatusReply)

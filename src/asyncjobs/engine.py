@@ -113,7 +113,7 @@ class Engine:
             limits = ((KIND_LIMIT[entry.kind], *entry.limits) if entry.limits
                       else kind_only[entry.kind])
             inbox.append(JobSubmitted(entry.job_id, limits, entry.retries, entry.backoff_s,
-                                      now, stimulus))
+                                      now, stimulus, entry.weight))
         self._drain_soon()
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> None:
@@ -126,6 +126,9 @@ class Engine:
 
     def capacity(self, kind: JobKind) -> int | None:
         return self._capacity[kind]
+
+    def io_chunk(self, most: int | None, total: int | None) -> int:
+        return 1  # an io job runs in place here: a chunk would only hold its limit longer
 
     def declare_limits(self, scope: str, limits: Mapping[str, LimitSpec]) -> None:
         """Declare a scope's limits (at once, so a bad one raises here).

@@ -14,6 +14,10 @@ Rules:
 5. Small CPU calls (no timeout, no retries) go to workers in chunks (``core.chunking``,
    as ``Runner.map``); each item keeps its own record, result, error and time, and a
    chunk whose worker died is run again one item per job, so the culprit is named alone.
+   Io calls without retries or a rate go in chunks too where the backend asks for it
+   (``Backend.io_chunk``: a cluster, whose jobs each cross three processes): a chunk of
+   n calls runs them at once on one loop, each with its own timeout, and holds n units
+   of the job's limit until it ends.
 6. The run's named limits are declared in a scope of its own, so two flows' ``api``
    limits are two pools, and released when the run ends, however it ends.
 """
@@ -31,7 +35,8 @@ from .core.policy import LimitSpec, scoped
 from .errors import FlowError
 from .executors.base import Call
 from .executors.chunk import run_chunk
-from .executors.remote import http_wire, shell_wire
+from .executors.iochunk import run_io_chunk
+from .executors.remote import http_wire, io_chunk_wire, shell_wire
 from .executors.shell import ShellGuard, run_shell
 from .flow.plan import count_items, item_id, iter_items
 from .flow.spec import CallAction, HttpAction, ShellAction
@@ -74,11 +79,11 @@ class _Running:
 
     __slots__ = ("job", "items", "next_index", "in_flight", "failed", "results", "exhausted",
                  "digest", "make_call", "chunker", "limits", "window", "low_water",
-                 "cancelled")
+                 "cancelled", "io_chunk")
 
     def __init__(self, job: JobDef, items: Iterator[Any], keep_results: bool,
                  digest: str, make_call: Callable[[Any], Call], window: int,
-                 limits: tuple[str, ...], chunker: Chunker | None) -> None:
+                 limits: tuple[str, ...], chunker: Chunker | None, io_chunk: int = 1) -> None:
         self.job = job
         #: most items in flight; refilled in batches once no more than ``low_water`` are
         self.window = window
@@ -88,6 +93,8 @@ class _Running:
         self.limits = limits
         #: small CPU calls go to workers in chunks (rule 5)
         self.chunker = chunker
+        #: io calls per chunk (rule 5; 1: each is a job of its own)
+        self.io_chunk = io_chunk
         #: fingerprint of the job's definition and of the inputs its templates use
         self.digest = digest
         self.items = items
@@ -122,6 +129,7 @@ class _Item(Entry):
         self.limits = running.limits
         self.retries = job.retries
         self.backoff_s = job.backoff_s
+        self.weight = 1
         self.flow._live.add(self.job_id)
         return self
 
@@ -321,9 +329,22 @@ class FlowRun:
                    if chunked else None)
         limits = (scoped(self.scope, job.limit),) if job.limit else ()
         running = _Running(job, items, keep, self._digest(job), make_call, self._window(job),
-                           limits, chunker)
+                           limits, chunker, self._io_chunk(job))
         self._active[name] = running
         self._feed(running)
+
+    def _io_chunk(self, job: JobDef) -> int:
+        """Io calls per chunk for this job's items (rule 5)."""
+        if job.kind is not JobKind.IO or job.foreach is None or job.retries:
+            return 1
+        most = None
+        if job.limit is not None:
+            limit = self.spec.limits[job.limit]
+            if limit.rate_per_s is not None:
+                return 1  # a rate spaces calls out; a chunk would start its calls together
+            most = limit.concurrency
+        return max(1, min(self.backend.io_chunk(most, self._counts[job.name]),
+                          self._window(job)))
 
     def _window(self, job: JobDef) -> int:
         if job.limit is None:
@@ -336,12 +357,16 @@ class FlowRun:
         if running.in_flight > running.low_water:
             return  # refill in batches, not one item per finished one
         chunker = running.chunker
-        size = 1
+        size = running.io_chunk
         if chunker is not None:
             size = min(chunker.size(), running.window)
+            room = chunker.room(room, running.in_flight)
+        # cpu items always go as chunks: a chunk of one is how an item's cost is measured
+        chunked = chunker is not None or size > 1
+        if size > 1:
             # whole chunks only: a refill of the few items that just finished would go
             # out as a chunk of those few (a run of 3,000 items went in 1,200 chunks)
-            room = (chunker.room(room, running.in_flight) // size) * size
+            room = (room // size) * size
         batch: list[Entry] = []
         group: list[_Item] = []
         while room > 0 and not running.exhausted:
@@ -364,11 +389,10 @@ class FlowRun:
             group.append(self._item(running, index, item))
             room -= 1
             if len(group) == size:
-                batch.append(self._chunk(running, group) if chunker is not None
-                             else group[0].entry())
+                batch.append(self._chunk(running, group) if chunked else group[0].entry())
                 group = []
         if group:
-            batch.append(self._chunk(running, group) if chunker is not None
+            batch.append(self._chunk(running, group) if chunked or len(group) > 1
                          else group[0].entry())
         if batch:
             self.backend.submit(*batch)
@@ -440,13 +464,18 @@ class FlowRun:
         return _Item(self, running, index, item, record)
 
     def _chunk(self, running: _Running, items: list[_Item]) -> Entry:
-        """Several CPU items as one job (rule 5); each keeps its own record and outcome."""
+        """Several items as one job (rule 5); each keeps its own record and outcome."""
         job = running.job
         chunk_id = f"{self.scope}/{job.name}[{items[0].index}..{items[-1].index}]"
         self._live.add(chunk_id)
+        io = running.chunker is None
 
         def prepare(_attempt: int) -> Call:
             calls = [running.make_call(it.item) for it in items]
+            if io:
+                # the per-call timeout travels as the job's: the node gives it each call
+                return Call(run_io_chunk, (calls, len(calls)), {}, job.timeout_s,
+                            remote=io_chunk_wire(calls))
             kwargs = [c.kwargs for c in calls]
             return Call(run_chunk, (calls[0].fn, [c.args for c in calls],
                                     kwargs if any(kwargs) else None), {}, None)
@@ -462,7 +491,17 @@ class FlowRun:
             if done.node:
                 for it in items:
                     it.record.node = done.node
-            if done.status is JobStatus.SUCCEEDED:
+            if done.status is JobStatus.SUCCEEDED and io:
+                outcomes, elapsed_s = done.result
+                at = now - elapsed_s
+                for it, (ok, value, began, took_s) in zip(items, outcomes, strict=True):
+                    it.record.started = at + began
+                    if ok:
+                        it.finish(JobStatus.SUCCEEDED, 1, value, None, at + began + took_s)
+                    else:
+                        line = ErrorInfo.from_wire(value).first_line
+                        it.finish(JobStatus.FAILED, 1, None, line, at + began + took_s)
+            elif done.status is JobStatus.SUCCEEDED:
                 outcomes, elapsed_s = done.result
                 assert running.chunker is not None
                 running.chunker.measured(elapsed_s, len(items))
@@ -486,7 +525,7 @@ class FlowRun:
                 self.backend.submit(*(it.entry() for it in items))
 
         return Entry(chunk_id, job.kind, on_done, prepare=prepare, limits=running.limits,
-                     on_start=on_start)
+                     on_start=on_start, weight=len(items) if io else 1)
 
     def _compile(self, job: JobDef) -> Callable[[Any], Call]:
         """What builds one attempt's call from an item: templates compiled and the

@@ -5,6 +5,7 @@ restarted coordinator is found again, SIGTERM drains and leaves nothing behind."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import anyio
 import psutil
 import pytest
 
-from asyncjobs.executors.remote import SHELL
+from asyncjobs.executors.remote import IO_CHUNK, SHELL
 from asyncjobs.model import JobKind
 from asyncjobs.protocol import Role
 from asyncjobs.protocol.messages import Cancel, JobOutcome, JobSpec, Outcome, Submit
@@ -305,6 +306,28 @@ async def test_io_concurrency_bounds_the_io_jobs_a_loop_runs_at_once(
         assert most == 2
         assert node.stop() == 0
         assert _notice(notify) == b"STOPPING=1"
+
+
+async def test_a_chunk_heavier_than_a_loop_runs_no_more_calls_at_once_than_its_slots(
+        tmp_path: Path, coord: Coordinator) -> None:
+    path = tmp_path / "ledger"
+    node = Node(tmp_path, coord.address, "io", "--io-concurrency", "2", loops=1,
+                cpu_workers=0, secret=SECRET)
+    with node:
+        await wait_for_nodes(coord, ["io"])
+        c = await client(coord)
+        async with c.link:
+            calls = [[f"{HERE}:ledger", [str(path), 0.1], None] for _ in range(5)]
+            chunk = dataclasses.replace(spec("chunk", IO_CHUNK, calls), weight=5)
+            await c.submit(chunk, spec("after", f"{HERE}:ledger", str(path), 0.1))
+            done = await c.wait(["chunk", "after"])
+        outcomes, _elapsed = succeeded(done)["chunk"]
+        assert [ok for ok, *_ in outcomes] == [True] * 5
+        running = most = 0
+        for line in path.read_text().split():
+            running += 1 if line == "+" else -1
+            most = max(most, running)
+        assert most == 2
 
 
 async def test_sigterm_hands_queued_attempts_back_and_they_run_elsewhere(

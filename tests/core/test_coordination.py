@@ -14,6 +14,7 @@ from asyncjobs.protocol.messages import (
     Assign,
     AttemptRef,
     AttemptResult,
+    AttemptSpec,
     Cancel,
     ClusterInfo,
     DeclareLimits,
@@ -76,6 +77,9 @@ class Harness:
     def assigned(self, link: int) -> list[tuple[str, int]]:
         return [(a.job_id, a.attempt) for m in self.take(link, Assign) for a in m.attempts]
 
+    def assigned_specs(self, link: int) -> list[AttemptSpec]:
+        return [a for m in self.take(link, Assign) for a in m.attempts]
+
     def outcomes(self, link: int) -> dict[str, JobOutcome]:
         return {o.job_id: o for m in self.take(link, Outcome) for o in m.jobs}
 
@@ -93,7 +97,7 @@ def test_a_client_learns_the_capacity_then_its_job_runs_on_a_node_and_comes_back
     h.client(1)
     assert h.take(1) == [ClusterInfo({}, 0)]
     h.node(10, "n1")
-    assert h.take(1) == [ClusterInfo({IO: 2, CPU: 1}, 1)]
+    assert h.take(1) == [ClusterInfo({IO: 2, CPU: 1}, 1, 1)]
     h.msg(1, Submit((spec("a"),)))
     (assign,) = h.take(10, Assign)
     (att,) = assign.attempts
@@ -132,6 +136,22 @@ def test_a_named_limit_holds_across_nodes() -> None:
     h.msg(1, Submit(tuple(spec(f"j{i}", limits=("f:api",)) for i in range(6))))
     running = h.assigned(10) + h.assigned(11)
     assert len(running) == 2  # the limit is cluster-wide, not per node
+
+
+def test_a_chunk_holds_its_weight_of_a_limit_and_one_too_heavy_fails_alone() -> None:
+    h = Harness()
+    h.node(10, "n1", capacity={IO: 100})
+    h.client(1)
+    h.msg(1, DeclareLimits("f", {"api": LimitSpec(10, None)}))
+    h.msg(1, Submit((spec("c1", limits=("f:api",), weight=6),
+                     spec("c2", limits=("f:api",), weight=6),
+                     spec("big", limits=("f:api",), weight=11))))
+    outs = h.outcomes(1)
+    assert set(outs) == {"big"} and "allows 10 at once" in outs["big"].error.message
+    (sent,) = h.assigned_specs(10)
+    assert (sent.job_id, sent.weight) == ("c1/c1", 6)  # c2 waits: 6 + 6 > 10
+    h.msg(10, Result((ok("c1/c1"),)))
+    assert [s.job_id for s in h.assigned_specs(10)] == ["c1/c2"]
 
 
 def test_a_job_that_cannot_be_taken_fails_alone() -> None:

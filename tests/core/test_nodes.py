@@ -93,6 +93,29 @@ def test_prefetch_is_at_most_16_per_loop() -> None:
     assert [len(c.attempts) for c in cmds if isinstance(c, SendAssign)] == [17, 17]
 
 
+def test_a_chunk_takes_as_many_slots_as_its_weight(cluster: ClusterState) -> None:
+    cluster.handle(register("a", io=10))
+    cmds = cluster.handle(AttemptReady("c1", 1, IO, weight=6), AttemptReady("c2", 1, IO, weight=6),
+                          ready("j"))
+    # 6 + 6 > 10 slots + 1 prefetch: c2 waits, and so does j behind it (first come)
+    assert cmds == [SendAssign("a", 0, (("c1", 1),))]
+    assert cluster.to_dict()["nodes"][0]["slots_used"] == 6
+    cmds = cluster.handle(AttemptEnded("a", "c1", 1))
+    assert cmds == [RecordResult.match(job_id="c1"), SendAssign("a", 0, (("c2", 1), ("j", 1)))]
+    assert cluster.to_dict()["nodes"][0]["slots_used"] == 7
+
+
+def test_a_chunk_heavier_than_a_loop_takes_all_its_slots_once_it_is_idle(
+        cluster: ClusterState) -> None:
+    cluster.handle(register("a", io=4), ready("j"))
+    assert cluster.handle(AttemptReady("c", 1, IO, weight=9)) == []  # j holds a slot
+    cmds = cluster.handle(AttemptEnded("a", "j", 1), ready("k"))
+    assert cmds == [RecordResult.match(job_id="j"), SendAssign("a", 0, (("c", 1), ("k", 1)))]
+    assert cluster.to_dict()["nodes"][0]["slots_used"] == 4  # c holds 4; k is prefetched
+    cluster.handle(AttemptEnded("a", "c", 1), AttemptEnded("a", "k", 1))
+    assert cluster.to_dict()["nodes"][0]["slots_used"] == 0
+
+
 # -- rule 2: placement ---------------------------------------------------------------------
 
 

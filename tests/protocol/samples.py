@@ -80,7 +80,7 @@ SAMPLES: list[tuple[Role, Role, Message]] = [
     (K, C, Error("protocol", "nope")),
     (K, C, DeclareLimits("flow1", {"api": LimitSpec(2, None), "slow": LimitSpec(None, 0.5)})),
     (K, C, ReleaseLimits("flow1")),
-    (C, K, ClusterInfo({JobKind.IO: 200, JobKind.CPU: 4, JobKind.THREAD: 16}, 2)),
+    (C, K, ClusterInfo({JobKind.IO: 200, JobKind.CPU: 4, JobKind.THREAD: 16}, 2, 3)),
     (K, C, FlowStatus("flow-1", "jobs.yaml", "running", 5, 10)),
     (K, C, Attach("run:5f1c2e")),
     (N, C, Goodbye("draining")),

@@ -16,8 +16,8 @@ ODD = [None, 0, 1, -1, 2**64, True, 0.5, -0.5, NAN, INF, "", "io", "cpu", "gpu",
        {1: 2}, ["KeyError", "k"]]
 
 GOOD: dict[type, list[typing.Any]] = {
-    m.JobSpec: ["j", "m:f", [1], None, "io", 1.0, 0, 1.0, []],
-    m.AttemptSpec: ["j", 1, "m:f", [1, 2], None, "cpu", None],
+    m.JobSpec: ["j", "m:f", [1], None, "io", 1.0, 0, 1.0, [], 1],
+    m.AttemptSpec: ["j", 1, "m:f", [1, 2], None, "cpu", None, 25],
     m.AttemptResult: ["j", 1, {"v": 1}, None, 0.25],
     m.JobOutcome: ["j", "succeeded", 3, None, 1, "n", 1.0, 2],
 }

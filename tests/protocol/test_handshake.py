@@ -75,7 +75,7 @@ def test_the_secret_never_crosses_the_wire() -> None:
 def test_hello_layout_is_fixed() -> None:
     conn = Connection(role=Role.CLIENT, secret=SECRET, our_nonce=nonce(9),
                       max_frame_bytes=4096)
-    assert conn.data_to_send() == (b"\x00\x00\x00\x2b" + b"\x89AJB" + b"\x00\x01" + b"\x03"
+    assert conn.data_to_send() == (b"\x00\x00\x00\x2b" + b"\x89AJB" + b"\x00\x02" + b"\x03"
                                    + b"\x00\x00\x10\x00" + nonce(9))
     assert conn.data_to_send() == b""
 
@@ -99,16 +99,20 @@ def _fails(conn: Connection, data: bytes, error: type[Exception] = RemoteProtoco
 @pytest.mark.parametrize("extra", [b"", b"\x00" * 40], ids=["same-layout", "longer-hello"])
 def test_a_peer_of_another_version_gets_both_versions_named(extra: bytes) -> None:
     coordinator = Connection(role=Role.COORDINATOR, secret=SECRET)
-    error = _fails(coordinator, _hello(version=2, extra=extra), VersionMismatch)
-    assert isinstance(error, VersionMismatch) and (error.ours, error.theirs) == (1, 2)
-    assert "version 2, we speak version 1" in str(error)
+    theirs = hs.VERSION + 1
+    error = _fails(coordinator, _hello(version=theirs, extra=extra), VersionMismatch)
+    assert isinstance(error, VersionMismatch) and (error.ours, error.theirs) == (hs.VERSION,
+                                                                              theirs)
+    assert f"version {theirs}, we speak version {hs.VERSION}" in str(error)
 
 
 def test_our_version_is_where_every_version_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
     ours = Connection(role=Role.NODE, secret=SECRET).data_to_send()
-    assert ours[4:10] == b"\x89AJB\x00\x01"
-    monkeypatch.setattr(hs, "VERSION", 2)  # what a version-2 build makes of our hello
-    with pytest.raises(VersionMismatch, match="version 1, we speak version 2"):
+    assert ours[4:10] == b"\x89AJB" + hs.VERSION.to_bytes(2, "big")
+    theirs = hs.VERSION + 1
+    monkeypatch.setattr(hs, "VERSION", theirs)  # what a newer build makes of our hello
+    with pytest.raises(VersionMismatch,
+                       match=f"version {theirs - 1}, we speak version {theirs}"):
         hs.Hello.from_bytes(ours[4:], min_frame_bytes=1024)
 
 

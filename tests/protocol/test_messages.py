@@ -119,28 +119,30 @@ def test_a_peer_that_sends_what_its_role_may_not_is_refused(
 
 # -- validation on arrival ---------------------------------------------------------------
 
-_JOB: list[typing.Any] = ["a", "m:f", [], None, None, None, None, None, []]
+_JOB: list[typing.Any] = ["a", "m:f", [], None, None, None, None, None, [], 1]
 
 
 @pytest.mark.parametrize(("wire", "says"), [
-    ([3, [["a", "m:f", [], ["not", "a", "map"], None, None, None, None, []]]],
+    ([3, [["a", "m:f", [], ["not", "a", "map"], None, None, None, None, [], 1]]],
      "Submit.jobs[0].kwargs (job 'a'): expected a map with string keys, got list"),
-    ([3, [_JOB, ["b", "m:f", [], {1: 2}, None, None, None, None, []]]],
+    ([3, [_JOB, ["b", "m:f", [], {1: 2}, None, None, None, None, [], 1]]],
      "Submit.jobs[1].kwargs (job 'b'): expected a map with string keys"),
-    ([3, [["a", "m:f", [], None, "gpu", None, None, None, []]]],
+    ([3, [["a", "m:f", [], None, "gpu", None, None, None, [], 1]]],
      "Submit.jobs[0].kind (job 'a'): expected a job kind (io, cpu, thread), got str 'gpu'"),
-    ([3, [["a", "not a reference", [], None, None, None, None, None, []]]],
+    ([3, [["a", "not a reference", [], None, None, None, None, None, [], 1]]],
      'Submit.jobs[0].target (job \'a\'): expected a "module:attribute" reference'),
-    ([3, [["a", "m:f", [], None, None, float("inf"), None, None, []]]],
+    ([3, [["a", "m:f", [], None, None, float("inf"), None, None, [], 1]]],
      "Submit.jobs[0].timeout_s (job 'a'): expected a finite number of seconds"),
-    ([3, [["a", "m:f", [], None, None, None, True, None, []]]],
+    ([3, [["a", "m:f", [], None, None, None, True, None, [], 1]]],
      "Submit.jobs[0].retries (job 'a'): expected an integer from 0 to 2**64-1, got bool True"),
-    ([3, [["a", "m:f", [], None, None, None, -1, None, []]]],
+    ([3, [["a", "m:f", [], None, None, None, -1, None, [], 1]]],
      "Submit.jobs[0].retries (job 'a'): expected an integer from 0 to 2**64-1, got int -1"),
-    ([3, [[7, "m:f", [], None, None, None, None, None, []]]],
+    ([3, [[7, "m:f", [], None, None, None, None, None, [], 1]]],
      "Submit.jobs[0].job_id: expected a string, got int 7"),
     ([3, [["a", "m:f", [], None, None, None, None]]],
-     "Submit.jobs[0] (job 'a'): expected a list of 9 fields"),
+     "Submit.jobs[0] (job 'a'): expected a list of 10 fields"),
+    ([3, [["a", "m:f", [], None, None, None, None, None, [], 0]]],
+     "Submit.jobs[0].weight (job 'a'): expected a weight from 1 to 2**32-1, got int 0"),
     ([3, "jobs"], "Submit.jobs: expected a list of JobSpec, got str 'jobs'"),
     ([3], "Submit has 1 fields, the peer sent 0"),
     ([3, [], "extra"], "Submit has 1 fields, the peer sent 2"),

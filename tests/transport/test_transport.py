@@ -11,6 +11,7 @@ import pytest
 
 from asyncjobs.protocol import (
     NEED_DATA,
+    VERSION,
     AuthenticationFailed,
     Connection,
     Error,
@@ -319,7 +320,7 @@ async def check_closing_wakes_a_receiver_with_closed_resource(t: Transport) -> N
 async def check_another_version_fails_with_version_mismatch(t: Transport) -> None:
     ours = Connection(role=Role.COORDINATOR, secret=SECRET)
     theirs = Hello(Role.COORDINATOR, ours.our_hello.nonce, ours.our_hello.max_frame_bytes,
-                   version=2).to_bytes()
+                   version=VERSION + 1).to_bytes()
 
     async def old_coordinator(stream: anyio.abc.ByteStream) -> None:
         async with stream:
@@ -336,7 +337,7 @@ async def check_another_version_fails_with_version_mismatch(t: Transport) -> Non
                 await t.connect(("127.0.0.1", port))
             tg.cancel_scope.cancel()
     assert isinstance(info.value.cause, VersionMismatch)
-    assert "version 2" in str(info.value)
+    assert f"version {VERSION + 1}" in str(info.value)
 
 
 # -- run each check over each transport --------------------------------------------------

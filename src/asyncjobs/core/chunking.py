@@ -22,6 +22,11 @@ import math
 #: Runner.map level with Pool either way). Rule 3 bounds the tail it adds.
 TARGET_CHUNK_S = 0.03
 MAX_CHUNK = 1024
+#: io calls per chunk at most: a chunk holds its units until its slowest call ends
+MAX_IO_CHUNK = 64
+#: io chunks in flight per loop a limit should allow, so a loop has the next chunk's calls
+#: running while one chunk's outcomes travel back
+IO_CHUNKS_PER_LOOP = 2
 
 
 def chunk_size(item_s: float | None, total: int | None, workers: int) -> int:
@@ -33,6 +38,19 @@ def chunk_size(item_s: float | None, total: int | None, workers: int) -> int:
     if total is not None:
         size = min(size, math.ceil(total / (4 * workers)))
     return max(1, min(size, MAX_CHUNK))
+
+
+def io_chunk_size(most: int | None, loops: int, slots: int | None,
+                  total: int | None = None) -> int:
+    """Io calls per chunk on ``loops`` loop processes with ``slots`` io slots in all
+    (None: unknown), for ``total`` calls (None: unknown) under a limit of ``most`` at once
+    (None: none): ``IO_CHUNKS_PER_LOOP`` chunks per loop fit in the limit, in the slots
+    and, as rule 3 says for cpu chunks, in the calls there are."""
+    if loops <= 0:
+        return 1
+    room = min(x for x in (most, slots, total, MAX_IO_CHUNK * IO_CHUNKS_PER_LOOP * loops)
+               if x is not None)
+    return max(1, min(MAX_IO_CHUNK, room // (IO_CHUNKS_PER_LOOP * loops)))
 
 
 class Chunker:

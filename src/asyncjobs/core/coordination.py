@@ -258,6 +258,7 @@ class Coordination:
         self._heartbeats = itertools.count(1)
         self._capacity: dict[JobKind, int] = {}
         self._nodes_live = 0
+        self._loops_live = 0
         self._now = 0.0
         #: totals since start, for metrics: jobs by how they ended, attempts sent to
         #: nodes, attempts lost with a node, jobs refused at submission
@@ -275,7 +276,8 @@ class Coordination:
     def client_joined(self, link: int, now: float) -> list[Output]:
         self._now = now
         self._clients[link] = _Client(link, f"c{next(self._client_numbers)}/", now)
-        return [Send(link, ClusterInfo(dict(self._capacity), self._nodes_live))]
+        return [Send(link, ClusterInfo(dict(self._capacity), self._nodes_live,
+                                       self._loops_live))]
 
     def node_joined(self, link: int, first: Message, now: float) -> list[Output]:
         """A node's link is up and ``first`` is what it sent first (``Register``)."""
@@ -524,18 +526,33 @@ class Coordination:
                     refused.append(_refused(spec, f"job {spec.job_id!r} names limits "
                                                   f"never declared: {', '.join(unknown)}"))
                     continue
+                if spec.weight != 1:
+                    heavy = self._too_heavy(spec, limits)
+                    if heavy:
+                        refused.append(_refused(spec, heavy))
+                        continue
             seen.add(gid)
             jobs[gid] = _Job(client, spec, spec.kind or JobKind.IO, now)
             mine.add(gid)
             events.append(JobSubmitted(
                 gid, limits, 0 if spec.retries is None else spec.retries,
-                1.0 if spec.backoff_s is None else spec.backoff_s, now))
+                1.0 if spec.backoff_s is None else spec.backoff_s, now, weight=spec.weight))
         client.outcomes.extend(answered)
         client.outcomes.extend(refused)
         self.counts["submitted"] += len(events)
         self.counts["refused"] += len(refused)
         self.counts["answered_held"] += len(answered)
         return self._run(events, [])
+
+    def _too_heavy(self, spec: JobSpec, limits: tuple[str, ...]) -> str | None:
+        """Why a job's weight could never be held by a limit it names, if it could not
+        (the scheduler would refuse the whole batch for it)."""
+        for name, full in zip(spec.limits, limits, strict=True):
+            most = self.scheduler.limits[full].most()
+            if most is not None and spec.weight > most:
+                return (f"job {spec.job_id!r} holds {spec.weight} units of limit "
+                        f"{name!r}, which allows {most} at once: it could never start")
+        return None
 
     def _release(self, client: _Client, scope: str, now: float) -> list[Output]:
         if scope not in client.scopes:
@@ -607,8 +624,9 @@ class Coordination:
                         self._finished(cmd, wall)
                         clus.append(JobDone(cmd.job_id, now))
                     elif type(cmd) is StartAttempt:
-                        clus.append(AttemptReady(cmd.job_id, cmd.attempt,
-                                                 self._jobs[cmd.job_id].kind, now))
+                        job = self._jobs[cmd.job_id]
+                        clus.append(AttemptReady(cmd.job_id, cmd.attempt, job.kind, now,
+                                                 weight=job.spec.weight))
                     else:
                         assert type(cmd) is CancelAttempt
                         where = self.cluster.where(cmd.job_id, cmd.attempt)
@@ -642,7 +660,8 @@ class Coordination:
                                 dispatched(now - job.submitted)
                             s = job.spec
                             specs.append(AttemptSpec(job_id, attempt, s.target, s.args,
-                                                     s.kwargs, s.kind, s.timeout_s))
+                                                     s.kwargs, s.kind, s.timeout_s,
+                                                     s.weight))
                     elif isinstance(ccmd, RequeueLost):
                         self.counts["attempts_lost"] += 1
                         sched.append(AttemptLost(ccmd.job_id, ccmd.attempt, ccmd.error, now))
@@ -702,15 +721,19 @@ class Coordination:
         """``ClusterInfo`` to every client when the live nodes' capacity changed."""
         total: dict[JobKind, int] = {}
         nodes: set[str] = set()
+        loops = 0
         for lp in self._loops.values():
             if self.cluster.status(lp.node) in (NodeStatus.JOINING, NodeStatus.ALIVE):
                 nodes.add(lp.node)
+                loops += 1
                 for kind, n in lp.capacity.items():
                     total[kind] = total.get(kind, 0) + n
-        if total == self._capacity and len(nodes) == self._nodes_live:
+        if (total == self._capacity and len(nodes) == self._nodes_live
+                and loops == self._loops_live):
             return []
-        self._capacity, self._nodes_live = total, len(nodes)
-        return [Send(link, ClusterInfo(dict(total), len(nodes))) for link in self._clients]
+        self._capacity, self._nodes_live, self._loops_live = total, len(nodes), loops
+        return [Send(link, ClusterInfo(dict(total), len(nodes), loops))
+                for link in self._clients]
 
     def _refuse(self, link: int, code: str, message: str) -> list[Output]:
         return [Send(link, Error(code, message)), Close(link, message)]

@@ -32,6 +32,9 @@ Rules the code keeps:
 1. A loop is never assigned more attempts of a kind than its slots of that kind plus
    ``prefetch_per_loop`` (default ``PREFETCH_PER_LOOP``, at most ``MAX_PREFETCH_PER_LOOP``
    = 16, SPEC section 6). A loop with no slot of a kind gets none of it, prefetch included.
+   An attempt of weight n (a chunk of n io calls) takes n slots, or all of a loop's
+   slots if it has fewer, and then goes only to a loop with none in use: the node runs
+   no more of its calls at once than it has slots.
 2. Placement: the loop with the smallest share of its slots of that kind in use
    (assigned / slots), ties broken by node name, then loop index, so tests are exact.
    Attempts of one kind are placed in the order they became ready; attempts handed back
@@ -161,6 +164,8 @@ class AttemptReady:
     kind: JobKind
     now: float = 0.0
     stimulus_id: str = ""
+    #: slots it takes (rule 1)
+    weight: int = 1
 
 
 @dataclass(slots=True)
@@ -303,15 +308,18 @@ def killed_nodes_message(job_id: str, deaths: tuple[str, ...]) -> str:
 
 
 class _Attempt:
-    __slots__ = ("job_id", "attempt", "kind", "node", "loop")
+    __slots__ = ("job_id", "attempt", "kind", "node", "loop", "weight", "slots")
 
-    def __init__(self, job_id: str, attempt: int, kind: JobKind) -> None:
+    def __init__(self, job_id: str, attempt: int, kind: JobKind, weight: int = 1) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.kind = kind
         #: where it is assigned; None while it waits for a slot
         self.node: str | None = None
         self.loop = -1
+        self.weight = weight
+        #: the slots it holds on its loop: ``weight``, at most the loop's (rule 1)
+        self.slots = 0
 
 
 class _Loop:
@@ -571,7 +579,7 @@ class ClusterState:
             self._set_status(node, N.ALIVE)
 
     def _on_ready(self, ev: AttemptReady) -> None:
-        att = _Attempt(ev.job_id, ev.attempt, ev.kind)
+        att = _Attempt(ev.job_id, ev.attempt, ev.kind, ev.weight)
         key = (ev.job_id, ev.attempt)
         latest = self._latest.get(ev.job_id)  # None for a job's first attempt: most
         old = None if latest is None else self._attempts.get((ev.job_id, latest))
@@ -706,7 +714,7 @@ class ClusterState:
         if att.node is None:
             return
         lp = self._nodes[att.node].loop_slots[att.loop]
-        lp.used[att.kind] -= 1
+        lp.used[att.kind] -= att.slots
         del lp.attempts[(att.job_id, att.attempt)]
         att.node = None
         att.loop = -1
@@ -745,10 +753,15 @@ class ClusterState:
                     continue
                 best = None
                 best_share = 0.0
+                weight = att.weight
                 for name, i, lp in loops:
                     cap = lp.capacity[kind]
                     used = lp.used[kind]
-                    if used >= cap + self.prefetch_per_loop:
+                    if weight == 1:
+                        if used >= cap + self.prefetch_per_loop:
+                            continue
+                    elif used + min(weight, cap) > cap + self.prefetch_per_loop or (
+                            weight >= cap and used):
                         continue
                     share = used / cap
                     if best is None or share < best_share:
@@ -758,7 +771,8 @@ class ClusterState:
                 queue.popleft()
                 name, i, lp = best
                 att.node, att.loop = name, i
-                lp.used[kind] += 1
+                att.slots = min(weight, lp.capacity[kind])
+                lp.used[kind] += att.slots
                 key = (att.job_id, att.attempt)
                 lp.attempts[key] = att
                 batches.setdefault((name, i), []).append(key)

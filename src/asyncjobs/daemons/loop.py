@@ -440,9 +440,11 @@ class LoopProcess:
                 returned.append(AttemptRef(spec.job_id, spec.attempt))
                 continue
             held = _Held(spec.job_id, spec.attempt, self._session)
+            # a chunk of io calls holds that many io slots, no more than this loop has
+            weight = min(spec.weight, self.settings.io_concurrency or spec.weight)
             try:
                 call, kind = self._calls.build(spec.target, spec.args, spec.kwargs,
-                                               spec.kind, spec.timeout_s)
+                                               spec.kind, spec.timeout_s, weight)
                 if kind is JobKind.CPU and not self.settings.cpu_workers:
                     raise ValueError(f"{spec.job_id}: a cpu job, and this loop of node "
                                      f"{self.settings.name} has no cpu workers")
@@ -455,7 +457,8 @@ class LoopProcess:
             self._held[key] = held
             self._by_job.setdefault(spec.job_id, set()).add(key)
             entries.append(Entry(key, kind, self._ended_callback(key, held), call=call,
-                                 retries=0, on_start=self._started_callback(held)))
+                                 retries=0, on_start=self._started_callback(held),
+                                 weight=weight if kind is JobKind.IO else 1))
         if returned:
             self._post(Drain(tuple(returned)))
         if entries:

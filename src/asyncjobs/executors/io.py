@@ -111,17 +111,22 @@ class IoExecutor(TaskExecutor):
         if call.timeout_s is None:
             # the job's own coroutine, awaited by the attempt's task: no frame between
             return call.fn(*call.args, **call.kwargs)
-        return self._timed(call, call.timeout_s)
+        return run_timed(call, call.timeout_s)
 
-    async def _timed(self, call: Call, timeout_s: float) -> Any:
-        scope = asyncio.timeout(timeout_s)
-        try:
-            async with scope:
-                result = call.fn(*call.args, **call.kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-        except TimeoutError:
-            if not scope.expired():
-                raise  # the job's own TimeoutError: a failure like any other
-            raise AttemptTimedOut(timeout_info(timeout_s)) from None
+
+async def run_timed(call: Call, timeout_s: float) -> Any:
+    """The call's result, awaited if it is awaitable.
+
+    :raises AttemptTimedOut: past ``timeout_s``
+    """
+    scope = asyncio.timeout(timeout_s)
+    try:
+        async with scope:
+            result = call.fn(*call.args, **call.kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+    except TimeoutError:
+        if not scope.expired():
+            raise  # the job's own TimeoutError: a failure like any other
+        raise AttemptTimedOut(timeout_info(timeout_s)) from None

@@ -11,6 +11,8 @@ node maps to its own shell guard, HTTP session and chunk runner:
 - ``HTTP``: a flow's http step, on the node's shared session.
 - ``CHUNK``: several calls of one function as one attempt (``run_chunk``); the function
   travels by reference too.
+- ``IO_CHUNK``: several io calls (each one of the above or a user's reference) run at
+  once as one attempt (``run_io_chunk``), at most the attempt's weight together.
 
 ``to_wire`` is the client's half, ``NodeCalls`` the node's.
 """
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 SHELL = "asyncjobs.executors.remote:SHELL"
 HTTP = "asyncjobs.executors.remote:HTTP"
 CHUNK = "asyncjobs.executors.remote:CHUNK"
-BUILTINS = frozenset({SHELL, HTTP, CHUNK})
+IO_CHUNK = "asyncjobs.executors.remote:IO_CHUNK"
+BUILTINS = frozenset({SHELL, HTTP, CHUNK, IO_CHUNK})
 
 #: (reference, args, kwargs): a call as plain data
 WireCall = tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -48,6 +51,14 @@ def shell_wire(command: str, env: dict[str, str], cwd: str | None) -> WireCall:
 
 def http_wire(method: str, url: str, **kwargs: Any) -> WireCall:
     return HTTP, (method, url), kwargs
+
+
+def io_chunk_wire(calls: list[Call]) -> WireCall:
+    """Several io calls as one attempt of ``IO_CHUNK``.
+
+    :raises TargetError: as ``to_wire``, for the first call that cannot travel
+    """
+    return IO_CHUNK, ([to_wire(c) for c in calls],), {}
 
 
 def to_wire(call: Call) -> WireCall:
@@ -100,6 +111,9 @@ class NodeCalls:
         tried yet (None: a builtin, or imported already)."""
         if ref == CHUNK:
             ref = args[0] if args and isinstance(args[0], str) else ""
+        elif ref == IO_CHUNK:  # a flow's chunk: its calls share one target
+            first = args[0][0] if args and args[0] and args[0][0] else ()
+            ref = first[0] if first and isinstance(first[0], str) else ""
         if not ref or ref in BUILTINS or ref in self._targets:
             return None
         return ref
@@ -113,13 +127,22 @@ class NodeCalls:
                 self.target(ref)
 
     def build(self, ref: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
-              kind: JobKind | None, timeout_s: float | None) -> tuple[Call, JobKind]:
+              kind: JobKind | None, timeout_s: float | None,
+              at_once: int = 1) -> tuple[Call, JobKind]:
         """The call an attempt runs, and its kind (``kind`` given, else the target's).
+        ``at_once``: how many calls of an ``IO_CHUNK`` may run together.
 
         :raises TargetError: if the reference cannot be imported
         :raises ValueError: for arguments of a builtin that do not fit it
         """
         kwargs = kwargs or {}
+        if ref == IO_CHUNK:
+            from .iochunk import run_io_chunk
+
+            (wire_calls,) = args
+            built = [self.build(r, tuple(a), k, JobKind.IO, timeout_s)[0]
+                     for r, a, k in wire_calls]
+            return Call(run_io_chunk, (built, at_once), {}, None), JobKind.IO
         if ref == SHELL:
             from .shell import run_shell
 

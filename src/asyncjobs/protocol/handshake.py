@@ -25,7 +25,7 @@ from .errors import LocalProtocolError, VersionMismatch
 #: the first bytes of every hello, in every version
 MAGIC = b"\x89AJB"
 #: this protocol's version; any change to a layout or a message's fields bumps it
-VERSION = 1
+VERSION = 2
 NONCE_BYTES = 32
 #: magic, version, role code, max_frame_bytes, nonce
 HELLO = struct.Struct(">4sHBI32s")

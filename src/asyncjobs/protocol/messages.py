@@ -53,6 +53,9 @@ class JobSpec:
     #: named limits an attempt holds while it runs, as declared by ``DeclareLimits``
     #: (``scope:name``); cluster-wide
     limits: tuple[str, ...] = ()
+    #: units of each limit (and slots of its kind) an attempt holds: n for a chunk of n
+    #: io calls run at once, else 1
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,8 @@ class AttemptSpec:
     kind: JobKind | None = None
     #: None: the target's mark, else no timeout
     timeout_s: float | None = None
+    #: ``JobSpec.weight``: the node runs at most this many of a chunk's calls at once
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +275,8 @@ class ClusterInfo:
 
     capacity: dict[JobKind, int]
     nodes: int
+    #: loop processes of the live nodes, in all (a client sizes io chunks by it)
+    loops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +352,12 @@ def _count(v: Any) -> int:
     if type(v) is int and 0 <= v < 2**64:
         return v
     raise _Bad("an integer from 0 to 2**64-1", v)
+
+
+def _weight(v: Any) -> int:
+    if type(v) is int and 1 <= v < 2**32:
+        return v
+    raise _Bad("a weight from 1 to 2**32-1", v)
 
 
 def _opt_count(v: Any) -> int | None:
@@ -510,9 +523,9 @@ def _fast_kind(v: Any) -> bool:
 
 
 def _fast_job_spec(v: Any) -> list[Any] | None:
-    if type(v) is not list or len(v) != 9:
+    if type(v) is not list or len(v) != 10:
         return None
-    job_id, target, args, kwargs, kind, timeout_s, retries, backoff_s, limits = v
+    job_id, target, args, kwargs, kind, timeout_s, retries, backoff_s, limits, weight = v
     if (type(job_id) is str and type(target) is str and _is_reference(target)
             and (type(args) is tuple or type(args) is list) and kwargs is None
             and (kind is None or _fast_kind(kind))
@@ -520,25 +533,27 @@ def _fast_job_spec(v: Any) -> list[Any] | None:
             and (retries is None or (type(retries) is int and 0 <= retries < 2**64))
             and (backoff_s is None or _fast_secs(backoff_s))
             and (type(limits) is tuple or type(limits) is list)
-            and all(type(n) is str for n in limits)):
+            and all(type(n) is str for n in limits)
+            and type(weight) is int and 1 <= weight < 2**32):
         return [job_id, target, tuple(args), None, None if kind is None else JobKind(kind),
                 None if timeout_s is None else float(timeout_s), retries,
-                None if backoff_s is None else float(backoff_s), tuple(limits)]
+                None if backoff_s is None else float(backoff_s), tuple(limits), weight]
     return None
 
 
 def _fast_attempt_spec(v: Any) -> list[Any] | None:
-    if type(v) is not list or len(v) != 7:
+    if type(v) is not list or len(v) != 8:
         return None
-    job_id, attempt, target, args, kwargs, kind, timeout_s = v
+    job_id, attempt, target, args, kwargs, kind, timeout_s, weight = v
     if (type(job_id) is str and type(attempt) is int and 0 <= attempt < 2**64
             and type(target) is str and _is_reference(target)
             and (type(args) is tuple or type(args) is list) and kwargs is None
             and (kind is None or _fast_kind(kind))
-            and (timeout_s is None or _fast_secs(timeout_s))):
+            and (timeout_s is None or _fast_secs(timeout_s))
+            and type(weight) is int and 1 <= weight < 2**32):
         return [job_id, attempt, target, tuple(args), None,
                 None if kind is None else JobKind(kind),
-                None if timeout_s is None else float(timeout_s)]
+                None if timeout_s is None else float(timeout_s), weight]
     return None
 
 
@@ -602,9 +617,10 @@ ITEMS: dict[type[Item], dict[str, Field]] = {
     JobSpec: {"job_id": _TEXT, "target": Field(_target), "args": _ARGS, "kwargs": _KWARGS,
               "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS,
               "retries": Field(_opt_count), "backoff_s": _OPT_SECONDS,
-              "limits": Field(_texts)},
+              "limits": Field(_texts), "weight": Field(_weight)},
     AttemptSpec: {"job_id": _TEXT, "attempt": _COUNT, "target": Field(_target), "args": _ARGS,
-                  "kwargs": _KWARGS, "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS},
+                  "kwargs": _KWARGS, "kind": _OPT_KIND, "timeout_s": _OPT_SECONDS,
+                  "weight": Field(_weight)},
     AttemptResult: {"job_id": _TEXT, "attempt": _COUNT, "value": _VALUE, "error": _ERROR,
                     "duration_s": _SECONDS},
     AttemptRef: {"job_id": _TEXT, "attempt": _COUNT},
@@ -656,7 +672,7 @@ MESSAGES: dict[type[Message], Spec] = {
         "scope": _TEXT, "limits": Field(_limits, _dump_limits)}),
     ReleaseLimits: Spec(16, frozenset({(_K, _C)}), {"scope": _TEXT}),
     ClusterInfo: Spec(17, frozenset({(_C, _K)}), {
-        "capacity": Field(_capacity), "nodes": _COUNT}),
+        "capacity": Field(_capacity), "nodes": _COUNT, "loops": _COUNT}),
     Attach: Spec(18, frozenset({(_K, _C)}), {"session": _TEXT, "keep_s": _SECONDS}),
 }
 # FlowStatus is a message and, inside StatusReply, an item too.
