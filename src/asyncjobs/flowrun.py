@@ -14,10 +14,12 @@ Rules:
 5. Small CPU calls (no timeout, no retries) go to workers in chunks (``core.chunking``,
    as ``Runner.map``); each item keeps its own record, result, error and time, and a
    chunk whose worker died is run again one item per job, so the culprit is named alone.
-   Io calls without retries or a rate go in chunks too where the backend asks for it
+   Io calls under no rate go in chunks too where the backend asks for it
    (``Backend.io_chunk``: a cluster, whose jobs each cross three processes): a chunk of
    n calls runs them at once on one loop, each with its own timeout, and holds n units
-   of the job's limit until it ends.
+   of the job's limit until it ends. A call of a chunk that fails, and may be retried,
+   runs again alone after the backoff, as the retry it is: its attempts, backoff and
+   ``Retry-After`` as if it had been a job of its own from the start.
 6. The run's named limits are declared in a scope of its own, so two flows' ``api``
    limits are two pools, and released when the run ends, however it ends.
 """
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
 from .backend import Entry
 from .core.chunking import Chunker
-from .core.policy import LimitSpec, scoped
+from .core.policy import LimitSpec, backoff_delay, scoped
 from .errors import FlowError
 from .executors.base import Call
 from .executors.chunk import run_chunk
@@ -110,7 +113,7 @@ class _Item(Entry):
     """One item of a job while it runs: its record and result slot, and, when it runs as
     a job of its own, the backend's entry for it (one object per item, no closures)."""
 
-    __slots__ = ("flow", "running", "index", "item", "record")
+    __slots__ = ("flow", "running", "index", "item", "record", "tried")
 
     def __init__(self, flow: FlowRun, running: _Running, index: int, item: Any,
                  record: JobRecord) -> None:
@@ -119,16 +122,20 @@ class _Item(Entry):
         self.index = index
         self.item = item
         self.record = record
+        #: attempts it had in a chunk before it ran alone (rule 5)
+        self.tried = 0
 
-    def entry(self) -> _Item:
-        """The item as a job of its own."""
+    def entry(self, tried: int = 0) -> _Item:
+        """The item as a job of its own, after ``tried`` attempts in a chunk."""
         running = self.running
         job = running.job
         self.job_id = f"{self.flow.scope}/{self.record.id}"  # unique among the runner's jobs
         self.kind = job.kind
         self.limits = running.limits
-        self.retries = job.retries
-        self.backoff_s = job.backoff_s
+        self.tried = tried
+        # its retries go on where the chunk's attempt left them: backoff doubles per retry
+        self.retries = job.retries - tried
+        self.backoff_s = job.backoff_s * 2.0 ** tried
         self.weight = 1
         self.flow._live.add(self.job_id)
         return self
@@ -145,7 +152,7 @@ class _Item(Entry):
             if done.started_s is not None:
                 self.record.started = done.started_s
         ended = done.ended_s if done.ended_s is not None else time.time()
-        self.finish(done.status, done.attempts, done.result, error, ended)
+        self.finish(done.status, self.tried + done.attempts, done.result, error, ended)
 
     def start(self, now: float) -> None:
         if self.record.started is None:
@@ -231,6 +238,9 @@ class FlowRun:
         self._finished: asyncio.Future[None] | None = None
         #: ids of the backend jobs submitted and not yet finished (items or chunks)
         self._live: set[str] = set()
+        #: calls of io chunks waiting to be retried alone, and their timers (rule 5)
+        self._waiting: dict[_Item, asyncio.TimerHandle] = {}
+        self._rng = random.Random()
         #: items per job, counted once (None: a lines file, known once read)
         self._counts: dict[str, int | None] = {
             n: count_items(self.spec.jobs[n], self.spec, self.env) for n in plan.order
@@ -261,6 +271,10 @@ class FlowRun:
             self.report.interrupted = True
             for job_id in list(self._live):
                 self.backend.cancel(job_id, "cancelled: the run was interrupted")
+            for it, timer in list(self._waiting.items()):
+                timer.cancel()
+                it.finish(JobStatus.CANCELLED, 1, None, "cancelled: the run was interrupted",
+                          time.time())
             raise
         finally:
             self.report.ended = time.time()
@@ -335,7 +349,7 @@ class FlowRun:
 
     def _io_chunk(self, job: JobDef) -> int:
         """Io calls per chunk for this job's items (rule 5)."""
-        if job.kind is not JobKind.IO or job.foreach is None or job.retries:
+        if job.kind is not JobKind.IO or job.foreach is None:
             return 1
         most = None
         if job.limit is not None:
@@ -354,8 +368,8 @@ class FlowRun:
 
     def _feed(self, running: _Running) -> None:
         room = running.window - running.in_flight
-        if running.in_flight > running.low_water:
-            return  # refill in batches, not one item per finished one
+        if running.in_flight > running.low_water or self.report.interrupted:
+            return  # refill in batches, not one item per finished one; none once stopping
         chunker = running.chunker
         size = running.io_chunk
         if chunker is not None:
@@ -498,9 +512,13 @@ class FlowRun:
                     it.record.started = at + began
                     if ok:
                         it.finish(JobStatus.SUCCEEDED, 1, value, None, at + began + took_s)
+                        continue
+                    info = ErrorInfo.from_wire(value)
+                    if job.retries and info.retryable:
+                        self._retry_alone(it, info)
                     else:
-                        line = ErrorInfo.from_wire(value).first_line
-                        it.finish(JobStatus.FAILED, 1, None, line, at + began + took_s)
+                        it.finish(JobStatus.FAILED, 1, None, info.first_line,
+                                  at + began + took_s)
             elif done.status is JobStatus.SUCCEEDED:
                 outcomes, elapsed_s = done.result
                 assert running.chunker is not None
@@ -526,6 +544,20 @@ class FlowRun:
 
         return Entry(chunk_id, job.kind, on_done, prepare=prepare, limits=running.limits,
                      on_start=on_start, weight=len(items) if io else 1)
+
+    def _retry_alone(self, it: _Item, info: ErrorInfo) -> None:
+        """A call of an io chunk failed and may be retried: run it alone after the first
+        retry's backoff (or the ``Retry-After`` it was given), as retry 1 (rule 5)."""
+        it.requeue()
+        delay = backoff_delay(1, it.running.job.backoff_s, self._rng)
+        if info.retry_after_s is not None:
+            delay = max(delay, info.retry_after_s)
+
+        def submit() -> None:
+            del self._waiting[it]
+            self.backend.submit(it.entry(tried=1))
+
+        self._waiting[it] = asyncio.get_running_loop().call_later(delay, submit)
 
     def _compile(self, job: JobDef) -> Callable[[Any], Call]:
         """What builds one attempt's call from an item: templates compiled and the

@@ -118,3 +118,58 @@ async def test_io_chunks_keep_records_limits_and_timeouts_of_one_loop(
     slow = by_id["odd[0]"]
     assert slow.ended is not None and slow.started is not None
     assert 0.4 < slow.ended - slow.started < 1.5  # its own time, not its chunk's
+
+
+async def test_a_call_that_fails_in_a_chunk_is_retried_alone_as_its_own_retry(
+        tmp_path: Path) -> None:
+    hits: dict[str, int] = {}
+    stamps: dict[str, list[float]] = {}
+
+    async def item(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        hits[key] = hits.get(key, 0) + 1
+        stamps.setdefault(key, []).append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.01)
+        if key.startswith("flaky") and hits[key] < 3:
+            return web.Response(status=503, text="busy")
+        if key == "later" and hits[key] < 2:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        if key == "gone":
+            return web.Response(status=404)
+        return web.json_response({"key": key})
+
+    app = web.Application()
+    app.router.add_route("*", "/items/{key}", item)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}/items"
+    keys = [f"ok{i}" for i in range(40)] + ["flaky1", "flaky2", "later", "gone"]
+    path = write_flow(tmp_path, f"""
+        limits: {{api: 32}}
+        jobs:
+          get:
+            foreach: {keys}
+            limit: api
+            retries: 2
+            backoff: 0.1
+            http: {{url: "{url}/{{{{ item }}}}"}}
+    """)
+    try:
+        async with asyncjobs.Runner(loops=2) as runner:
+            report = await runner.run_flow(path)
+            local = runner._local
+            assert local is not None and local.server.state is not None
+            jobs_sent = local.server.state.counts["submitted"]
+    finally:
+        await server.close()
+    assert jobs_sent < 30  # chunks, then the retries alone
+    attempts = {keys[int(r.id[4:-1])]: (r.status, r.attempts) for r in report.records}
+    assert attempts["ok7"] == (JobStatus.SUCCEEDED, 1)
+    assert attempts["flaky1"] == attempts["flaky2"] == (JobStatus.SUCCEEDED, 3)
+    assert attempts["later"] == (JobStatus.SUCCEEDED, 2)
+    assert attempts["gone"] == (JobStatus.FAILED, 1)  # a 404 is not retried
+    assert hits["flaky1"] == 3 and hits["gone"] == 1 and hits["ok7"] == 1
+    flaky = stamps["flaky1"]
+    # the backoff doubles per retry: ~0.1 s (jittered), then ~0.2 s
+    assert 0.07 < flaky[1] - flaky[0] < 0.6 and 0.15 < flaky[2] - flaky[1] < 0.8
+    assert stamps["later"][1] - stamps["later"][0] >= 0.95  # Retry-After: 1

@@ -35,15 +35,12 @@ pytestmark = pytest.mark.timeout(60)
 SECRET = "ops-test-secret-41c2"
 JOBS = "tests.cluster.client_jobs"
 NAPS, NAP_S = 6, 0.05
-#: a fan-out of io jobs, then one cpu job combining them; with retries each nap is a job
-#: of its own on the coordinator (an io chunk would carry several), so its counts are
-#: the flow's
+#: a fan-out of io jobs (which may travel in io chunks), then one cpu job combining them
 FLOW = f"""
     name: seen
     jobs:
       naps:
         foreach: {{range: {NAPS}}}
-        retries: 1
         call: {JOBS}:nap
         args: ["{{{{ item }}}}", {NAP_S}]
       total:
@@ -119,17 +116,19 @@ async def test_the_api_lists_nodes_and_flows_and_the_histograms_count_the_flows_
     assert flows[0]["file"].endswith("seen.yaml")
     assert (flows[0]["state"], flows[0]["done"], flows[0]["total"]) == ("succeeded", ran, ran)
     state = await _get(base, "/state")  # kept beside /api: everything, for post-mortems
-    assert state["counts"]["submitted"] == ran and state["flows"] == flows
+    assert state["flows"] == flows
+    jobs = state["counts"]["submitted"]  # io chunks carry several naps each
+    assert 2 <= jobs <= ran
 
     metrics = _families(await _get(base, "/metrics"))
     for name in ("asyncjobs_dispatch_latency_seconds", "asyncjobs_job_duration_seconds"):
         count, total, buckets = _histogram(metrics, name)
-        assert count == ran and buckets[-1] == ran, name
+        assert count == jobs and buckets[-1] == jobs, name
         assert buckets == sorted(buckets), name  # cumulative
         assert total >= 0, name
     _, naps_s, _ = _histogram(metrics, "asyncjobs_job_duration_seconds")
-    assert naps_s >= NAPS * NAP_S  # each nap lasted that long at least, seen from here
-    assert _value(metrics, "asyncjobs_jobs_submitted", "asyncjobs_jobs_submitted_total") == ran
+    assert naps_s >= (jobs - 1) * NAP_S  # each nap job lasted that long at least
+    assert _value(metrics, "asyncjobs_jobs_submitted", "asyncjobs_jobs_submitted_total") == jobs
     assert _value(metrics, "asyncjobs_jobs_queued", "asyncjobs_jobs_queued") == 0
     assert _value(metrics, "asyncjobs_jobs_active", "asyncjobs_jobs_active") == 0
     assert _value(metrics, "asyncjobs_auth_failures", "asyncjobs_auth_failures_total") == 0
