@@ -51,3 +51,11 @@ async def loop_pid(seconds: float = 0.01) -> int:
 async def blob(size: int) -> str:
     """A result of ``size`` characters."""
     return "x" * size
+
+
+async def odd_one_out(i: int, seconds: float = 0.0) -> int:
+    """``i * 2`` after ``seconds`` (so later items may end first); raises for ``i == 13``."""
+    await asyncio.sleep(seconds)
+    if i == 13:
+        raise ValueError("thirteen")
+    return i * 2

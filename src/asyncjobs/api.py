@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -418,7 +419,7 @@ class Runner(JobsApi):
             self._engine = None
 
     async def _open_loops(self) -> None:
-        from .clusterbackend import ClusterBackend
+        from .clusterbackend import CLUSTER_INFO_WAIT_S, ClusterBackend
         from .localcluster import LocalCluster
 
         local = LocalCluster(loops=self.loops, cpu_workers=self.cpu_workers,
@@ -426,6 +427,9 @@ class Runner(JobsApi):
         link = await local.start()
         self._local, self._remote = local, ClusterBackend(link)
         self._remote.start()
+        # its first ClusterInfo sizes windows and io chunks: a map right away needs it
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._remote.informed.wait(), CLUSTER_INFO_WAIT_S)
 
     async def _close_loops(self, *, cancel: bool) -> None:
         remote, local = self._remote, self._local

@@ -6,7 +6,9 @@ Rules:
 1. At most ``window`` jobs exist at once; the input is read only as room frees, so a map
    over a million items holds a bounded number of jobs (the result list still grows).
 2. Small CPU calls go to workers in chunks (``core.chunking``), so the per-job cost
-   (scheduling, framing, a wake-up of each process) is paid once per chunk.
+   (scheduling, framing, a wake-up of each process) is paid once per chunk. Calls of an
+   ``async def`` without retries go in io chunks where the backend asks for them (a
+   cluster: ``Backend.io_chunk``); the window then counts calls, not jobs.
 3. Each item keeps its own outcome: a failing item fails alone. A chunk that fails as a
    whole (its worker died, a result would not pickle) is run again one item per job, so
    the item at fault is then named by itself.
@@ -15,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from collections.abc import Sized
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,8 @@ from .core.chunking import Chunker
 from .errors import AsyncJobsError, JobFailed, job_exception
 from .executors.base import Call
 from .executors.chunk import run_chunk
+from .executors.iochunk import run_io_chunk
+from .executors.remote import io_chunk_wire
 from .model import ErrorInfo, JobKind, JobStatus
 
 if TYPE_CHECKING:
@@ -57,6 +62,14 @@ class MapRun:
         chunked = (target.kind is JobKind.CPU and target.timeout_s is None
                    and target.retries == 0)
         self.chunker = Chunker(backend.capacity(JobKind.CPU) or 1, total) if chunked else None
+        #: calls per io chunk (1: none); a ``ByName`` target is no coroutine function, and
+        #: its kind is the node's to say
+        self.io_chunk = 1
+        if (target.kind is JobKind.IO and target.retries == 0
+                and inspect.iscoroutinefunction(target.fn)):
+            self.io_chunk = max(1, min(backend.io_chunk(None, total), window))
+        #: calls in the jobs in flight
+        self.calls_in_flight = 0
         self.args: Iterator[tuple[Any, ...]] = iter(zip(*iterables, strict=False))
         self.results: list[Any] = []
         #: job id -> (index of its first item, the items' args)
@@ -74,6 +87,8 @@ class MapRun:
                 room = self.window - len(self.in_flight)
                 if self.chunker is not None:
                     room = self.chunker.room(room, len(self.in_flight))
+                elif self.io_chunk > 1:
+                    room = (self.window - self.calls_in_flight) // self.io_chunk
                 if not exhausted and room > 0:
                     batch = self._next_batch(room)
                     exhausted = len(batch) < room
@@ -94,7 +109,7 @@ class MapRun:
     def _next_batch(self, room: int) -> list[Entry]:
         batch = []
         for _ in range(room):
-            size = 1 if self.chunker is None else self.chunker.size()
+            size = self.io_chunk if self.chunker is None else self.chunker.size()
             calls = list(itertools.islice(self.args, size))
             if not calls:
                 break
@@ -109,6 +124,13 @@ class MapRun:
         target = self.target
         job_id = f"{target.name}-{next(self.ids)}"
         self.in_flight[job_id] = (first, calls)
+        self.calls_in_flight += len(calls)
+        if self.io_chunk > 1 and not alone:
+            one = [Call(target.fn, args, {}, target.timeout_s) for args in calls]
+            # the timeout travels as the job's: the node gives it each call
+            call = Call(run_io_chunk, (one, len(one)), {}, target.timeout_s,
+                        remote=io_chunk_wire(one))
+            return Entry(job_id, target.kind, self._chunk_done, call=call, weight=len(one))
         if self.chunker is not None and not alone:
             # even one-item chunks: their timing sizes the next ones
             call = Call(run_chunk, (target.fn, calls), {}, None)
@@ -121,6 +143,7 @@ class MapRun:
 
     def _one_done(self, done: JobFinished) -> None:
         first, _ = self.in_flight.pop(done.job_id)
+        self.calls_in_flight -= 1
         if done.status is JobStatus.SUCCEEDED:
             self.results[first] = done.result
         else:
@@ -130,11 +153,12 @@ class MapRun:
 
     def _chunk_done(self, done: JobFinished) -> None:
         first, calls = self.in_flight.pop(done.job_id)
+        self.calls_in_flight -= len(calls)
         if done.status is JobStatus.SUCCEEDED:
             outcomes, elapsed_s = done.result
-            assert self.chunker is not None
-            self.chunker.measured(elapsed_s, len(calls))
-            for i, (ok, value, _) in enumerate(outcomes):
+            if self.chunker is not None:
+                self.chunker.measured(elapsed_s, len(calls))
+            for i, (ok, value, *_) in enumerate(outcomes):
                 if ok:
                     self.results[first + i] = value
                 else:

@@ -173,3 +173,20 @@ async def test_a_call_that_fails_in_a_chunk_is_retried_alone_as_its_own_retry(
     # the backoff doubles per retry: ~0.1 s (jittered), then ~0.2 s
     assert 0.07 < flaky[1] - flaky[0] < 0.6 and 0.15 < flaky[2] - flaky[1] < 0.8
     assert stamps["later"][1] - stamps["later"][0] >= 0.95  # Retry-After: 1
+
+
+async def test_map_of_an_async_function_goes_in_io_chunks_and_keeps_input_order() -> None:
+    from tests.cluster_jobs import odd_one_out
+
+    seconds = [0.05 if i % 7 == 0 else 0.0 for i in range(300)]  # out of order endings
+    async with asyncjobs.Runner(loops=2) as runner:
+        got = await runner.map(odd_one_out, range(300), seconds, return_exceptions=True)
+        with pytest.raises(asyncjobs.JobFailed) as caught:
+            await runner.map(odd_one_out, range(10, 20))
+        local = runner._local
+        assert local is not None and local.server.state is not None
+        jobs_sent = local.server.state.counts["submitted"]
+    assert got[:13] == [i * 2 for i in range(13)] and got[14:] == [i * 2 for i in range(14, 300)]
+    assert isinstance(got[13], asyncjobs.JobFailed) and got[13].message == "thirteen"
+    assert caught.value.type_name == "ValueError"
+    assert jobs_sent < 50  # 310 calls
