@@ -1,5 +1,6 @@
-"""ClusterState under random event sequences: what a node holds never passes its slots
-plus prefetch, a result is never recorded twice, and a refused batch changes nothing."""
+"""ClusterState under random event sequences: what a node holds (chunks counted by their
+weight) never passes its slots plus prefetch, a result is never recorded twice, and a
+refused batch changes nothing."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Model:
     def __init__(self) -> None:
         self.attempt: dict[str, int] = dict.fromkeys(JOBS, 0)
         self.kind: dict[tuple[str, int], JobKind] = {}
+        self.weight: dict[tuple[str, int], int] = {}
         self.capacity: dict[tuple[str, int], dict[JobKind, int]] = {}
         #: (node, loop) -> attempts sent there and not ended, lost or handed back
         self.held: dict[tuple[str, int], set[tuple[str, int]]] = {}
@@ -60,12 +62,12 @@ def draw_event(data: st.DataObject, model: Model) -> ClusterEvent:
          "loop-died", "disconnect", "tick", "done"]))
     if what == "register":
         loops = data.draw(st.integers(1, 2))
-        cap = {k: data.draw(st.integers(0, 2)) for k in KINDS}
+        cap = {k: data.draw(st.integers(0, 4)) for k in KINDS}
         return NodeRegistered(node, data.draw(st.integers(0, loops - 1)), loops, cap, now=now)
     if what == "ready":
         job = data.draw(st.sampled_from(JOBS))
         return AttemptReady(job, model.attempt[job] + 1, data.draw(st.sampled_from(KINDS)),
-                            now=now)
+                            now=now, weight=data.draw(st.sampled_from([1, 1, 1, 2, 3])))
     if what == "ended":
         sent = sorted((n, k) for (n, _), keys in model.held.items() for k in keys)
         from_sent: bool = data.draw(st.booleans())
@@ -96,6 +98,7 @@ def apply(model: Model, events: list[ClusterEvent], cmds: list[Any]) -> None:
         if isinstance(ev, AttemptReady):
             model.attempt[ev.job_id] = ev.attempt
             model.kind[(ev.job_id, ev.attempt)] = ev.kind
+            model.weight[(ev.job_id, ev.attempt)] = ev.weight
         elif isinstance(ev, NodeRegistered):
             model.capacity[(ev.node, ev.loop)] = ev.capacity
             model.held.setdefault((ev.node, ev.loop), set())
@@ -131,8 +134,9 @@ def test_random_events_never_over_assign_nor_record_twice(data: st.DataObject) -
         apply(model, events, cmds)
         for (node, loop), keys in model.held.items():
             for kind in KINDS:
-                n = sum(1 for k in keys if model.kind[k] is kind)
                 cap = model.capacity[(node, loop)].get(kind, 0)
+                # a chunk of weight w takes w slots, all of a loop's if it has fewer
+                n = sum(min(model.weight[k], cap) for k in keys if model.kind[k] is kind)
                 assert n <= (cap + PREFETCH if cap else 0), (node, loop, kind, keys)
         for name in NODES:
             # the state's own books agree with what it told the nodes
@@ -140,6 +144,6 @@ def test_random_events_never_over_assign_nor_record_twice(data: st.DataObject) -
             if state is None:
                 continue
             for i, lp in state.loop_slots.items():
-                assert sum(lp.used.values()) == len(lp.attempts)
+                assert sum(lp.used.values()) == sum(a.slots for a in lp.attempts.values())
                 if lp.live:
                     assert set(lp.attempts) == model.held.get((name, i), set())
