@@ -48,6 +48,10 @@ jobs:
   sum:
     needs: [pids]
     shell: "echo done"
+  shells:
+    foreach: {range: 12}
+    timeout: 5
+    shell: "test {{ item }} -ne 5"
 """
 
 
@@ -71,7 +75,8 @@ def test_run_loops_2_gives_the_records_and_exit_code_of_one_loop(tmp_path: Path)
     assert one == two
     code, records = two
     assert code == 1 and records["squares[7]"] == ("failed", 1)
-    assert len(records) == 71 and records["sum"] == ("succeeded", 1)
+    assert records["shells[5]"] == ("failed", 1) and records["shells[4]"] == ("succeeded", 1)
+    assert len(records) == 83 and records["sum"] == ("succeeded", 1)
 
 
 async def test_a_value_msgpack_cannot_carry_fails_its_job_alone_as_on_a_cluster() -> None:
