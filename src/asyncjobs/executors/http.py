@@ -10,10 +10,10 @@ import email.utils
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    import aiohttp
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 #: response text kept in a result or an error message
@@ -74,6 +74,10 @@ class HttpClient:
         :raises aiohttp.ClientError: for connection failures (retryable)
         """
         if self._session is None:
+            # imported with the first request, not with the client: a runner whose loop
+            # processes make the requests never needs aiohttp (~100 ms)
+            import aiohttp
+
             connector = aiohttp.TCPConnector(limit=self._limit)
             self._session = aiohttp.ClientSession(connector=connector)
         async with self._session.request(
