@@ -59,3 +59,12 @@ async def odd_one_out(i: int, seconds: float = 0.0) -> int:
     if i == 13:
         raise ValueError("thirteen")
     return i * 2
+
+
+async def die_once(marker: str) -> int:
+    """Kill the loop process this io job runs in the first time (``marker`` absent);
+    afterwards return the pid that ran it."""
+    if not os.path.exists(marker):
+        append_line(marker, "died\n")
+        os._exit(9)
+    return os.getpid()

@@ -1,12 +1,13 @@
 """Several event loops on one machine: ``Runner(loops=N)`` and ``asyncjobs run --loops N``.
 
-How this works: the runner's process becomes a coordinator for itself alone. It serves
-a coordinator on 127.0.0.1 (a fresh random secret, an ephemeral port) and starts one
-``asyncjobs node --loops N`` beside it, whose loop processes each run an engine. The
-runner talks to its coordinator through a ``LocalLink`` (same messages, nothing
-encoded); the loops talk to it over TCP, as any node does. So ``loops=N`` runs exactly
-the cluster's code, with its guarantees: a loop process that dies is replaced and its
-jobs run again; the runner's process only schedules.
+How this works: the runner's process becomes a coordinator for itself alone, and the
+supervisor of its loop processes. It serves a coordinator on 127.0.0.1 (a fresh random
+secret, an ephemeral port) and runs the node's ``Supervisor`` on its own event loop:
+each loop process runs an engine and talks to the coordinator over TCP, as any node's
+loop does; the runner talks to it through a ``LocalLink`` (same messages, nothing
+encoded). So ``loops=N`` runs the cluster's code, with its guarantees: a loop process
+that dies is started again and its jobs run again; the runner's process only schedules.
+There is no ``asyncjobs node`` process between them: one interpreter start fewer.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
+import logging
 import secrets
-import signal
-import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING
@@ -25,25 +24,27 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .daemons.coordinator import CoordinatorServer, LocalLink
+from .daemons.node import Supervisor, loop_settings
+from .daemons.spawn import loop_env
 from .errors import WorkerStartFailed
 from .model import ErrorInfo
 
 if TYPE_CHECKING:
     from typing import IO
 
-#: how long the node's loops may take to register
+#: how long the loops may take to register
 START_TIMEOUT_S = 30.0
 #: io attempts each loop runs at once when the runner sets no bound
 DEFAULT_IO_PER_LOOP = 1024
-#: how long the node may take to stop (drain) before it is killed
+#: how long the loops may take to stop (drain) before they are killed
 STOP_TIMEOUT_S = 10.0
 NODE_NAME = "local"
 
 
 class LocalCluster:
-    """A coordinator in this process and one node of ``loops`` loop processes.
+    """A coordinator in this process, and ``loops`` loop processes it supervises.
 
-    :param cpu_workers: the node's cpu workers, split across its loops
+    :param cpu_workers: the cpu workers, split across the loops
     :param io_concurrency: io attempts per loop (None: ``DEFAULT_IO_PER_LOOP``)
     """
 
@@ -53,20 +54,22 @@ class LocalCluster:
         self.io_concurrency = io_concurrency or DEFAULT_IO_PER_LOOP
         self.server = CoordinatorServer(secret=secrets.token_hex(16).encode())
         self._stack = contextlib.AsyncExitStack()
-        self._node: asyncio.subprocess.Process | None = None
+        self._supervisor: Supervisor | None = None
+        self._supervising: asyncio.Task[int] | None = None
         self._log: IO[bytes] | None = None
+        self._log_text: IO[str] | None = None
 
     async def start(self) -> LocalLink:
-        """Serve, start the node, and return once all its loops registered.
+        """Serve, start the loops, and return once they all registered.
 
-        :raises WorkerStartFailed: the node did not come up (its log's end says why)
+        :raises WorkerStartFailed: the loops did not come up (their log's end says why)
         """
         try:
             tg = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(tg.cancel_scope.cancel)
             host, port = await tg.start(functools.partial(self.server.serve, "127.0.0.1", 0))
-            self._stack.push_async_callback(self._stop_node)
-            await self._start_node(f"{host}:{port}")
+            self._stack.push_async_callback(self._stop_loops)
+            self._start_loops(host, port)
             await self._wait_for_loops()
             return self.server.local_link()
         except BaseException:
@@ -76,28 +79,28 @@ class LocalCluster:
     async def aclose(self) -> None:
         await self._stack.aclose()
 
-    async def _start_node(self, address: str) -> None:
-        env = dict(os.environ)
-        env["ASYNCJOBS_SECRET"] = self.server.secret.decode()  # the node scrubs it
+    def _start_loops(self, host: str, port: int) -> None:
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _stop_loops
+        settings = loop_settings(host, port, self.server.secret, loops=self.loops,
+                                 cpu_workers=self.cpu_workers,
+                                 io_concurrency=self.io_concurrency, name=NODE_NAME,
+                                 drain_timeout_s=0.0)
         # the loops import jobs by name: let them find what this process finds
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _stop_node
-        self._node = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "asyncjobs", "node", "--connect", address,
-            "--loops", str(self.loops), "--cpu-workers", str(self.cpu_workers),
-            "--io-concurrency", str(self.io_concurrency), "--name", NODE_NAME,
-            "--drain-timeout", "0",
-            stdin=asyncio.subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=env,
-        )
+        self._log_text = open(self._log.fileno(), "w", buffering=1,  # noqa: SIM115
+                              closefd=False)  # closed in _stop_loops
+        self._supervisor = Supervisor(settings, env=loop_env(pythonpath=True),
+                                      output=self._log, logger=_file_logger(self._log_text),
+                                      signals=False)
+        self._supervising = asyncio.ensure_future(self._supervisor.run())
 
     async def _wait_for_loops(self) -> None:
-        state = self.server.state
-        assert state is not None and self._node is not None
+        state, supervising = self.server.state, self._supervising
+        assert state is not None and supervising is not None
         end = time.monotonic() + START_TIMEOUT_S
         while state.loops_of(NODE_NAME) < self.loops:  # noqa: ASYNC110 - no event for it
-            if self._node.returncode is not None or time.monotonic() > end:
-                why = ("exited with code " + str(self._node.returncode)
-                       if self._node.returncode is not None
+            if supervising.done() or time.monotonic() > end:
+                why = ("stopped: " + repr(supervising.exception())
+                       if supervising.done() and not supervising.cancelled()
                        else f"did not register in {START_TIMEOUT_S:g} s")
                 raise WorkerStartFailed(ErrorInfo(
                     "WorkerStartFailed", f"the loop processes of loops={self.loops} {why}: "
@@ -111,17 +114,28 @@ class LocalCluster:
         lines = self._log.read().decode(errors="replace").strip().splitlines()
         return " | ".join(lines[-3:]) or "(no output)"
 
-    async def _stop_node(self) -> None:
-        node = self._node
-        if node is not None and node.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                node.send_signal(signal.SIGTERM)
+    async def _stop_loops(self) -> None:
+        supervisor, supervising = self._supervisor, self._supervising
+        if supervisor is not None and supervising is not None:
+            supervisor.stop()  # the loops drain (they are given no time), then exit
             with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
-                await node.wait()
-            if node.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    node.kill()
+                await asyncio.wait([supervising])
+            if not supervising.done():  # it kills and reaps the loops when cancelled
+                supervising.cancel()
                 with anyio.CancelScope(shield=True):
-                    await node.wait()
+                    await asyncio.wait([supervising])
+        if self._log_text is not None:
+            self._log_text.close()
         if self._log is not None:
             self._log.close()
+
+
+def _file_logger(stream: IO[str]) -> logging.Logger:
+    """A logger of its own (not in logging's tree) writing to the loops' log file, as
+    ``asyncjobs node`` would on its stderr: the runner's stderr is the user's."""
+    logger = logging.Logger("asyncjobs.local", logging.INFO)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s asyncjobs node {NODE_NAME} [%(levelname)s] %(message)s"))
+    logger.addHandler(handler)
+    return logger

@@ -3,21 +3,20 @@ machine, with the same results, records and exit codes as one loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+import psutil
 import pytest
 
 import asyncjobs
 from tests import cluster_jobs, jobs
 
 from .harness import REPO, daemon_env
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,3 +86,55 @@ async def test_a_value_msgpack_cannot_carry_fails_its_job_alone_as_on_a_cluster(
             await bad
         assert await good == 3
     assert "msgpack" in str(caught.value)
+
+
+def _loop_children() -> list[psutil.Process]:
+    """Our loop processes: children of this very process (no node process between)."""
+    found = []
+    for p in psutil.Process().children():
+        try:
+            if "asyncjobs.daemons._loop_main" in " ".join(p.cmdline()):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.mark.usefixtures("no_leftover_children")
+async def test_the_runner_supervises_its_loops_and_they_never_see_the_secret() -> None:
+    async with asyncjobs.Runner(loops=2, cpu_workers=1) as runner:
+        pids = set(await runner.map(cluster_jobs.loop_pid, [0.02] * 100))
+        assert await runner.submit(cluster_jobs.environment, "ASYNCJOBS_SECRET") is None
+        assert runner._local is not None
+        secret = runner._local.server.secret
+        loops = _loop_children()
+        assert {p.pid for p in loops} == pids and len(pids) == 2
+        for proc in psutil.Process().children(recursive=True):
+            for part in ("cmdline", "environ"):
+                try:
+                    seen = Path(f"/proc/{proc.pid}/{part}").read_bytes()
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # it ended since the listing
+                assert secret not in seen
+    assert not _loop_children()
+
+
+@pytest.mark.usefixtures("no_leftover_children")
+async def test_a_loop_that_dies_is_started_again_and_its_job_runs_again(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "died"
+    async with asyncjobs.Runner(loops=2, cpu_workers=1) as runner:
+        first = {p.pid for p in _loop_children()}
+        ran = await runner.submit(cluster_jobs.die_once, str(marker))
+        assert marker.read_text() == "died\n" and ran in first
+        for _ in range(200):  # the supervisor starts it again after RESTART_FIRST_S
+            now = {p.pid for p in _loop_children()}
+            if len(now) == 2 and now != first:
+                break
+            await asyncio.sleep(0.05)
+        assert len(now) == 2 and len(now & first) == 1
+        for _ in range(200):  # and it registers again: io jobs spread over both
+            if set(await runner.map(cluster_jobs.loop_pid, [0.02] * 50)) == now:
+                break
+        else:
+            raise AssertionError("the new loop process never ran a job")

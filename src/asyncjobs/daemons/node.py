@@ -29,8 +29,6 @@ How this works:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
 import math
 import os
@@ -43,10 +41,13 @@ from typing import TYPE_CHECKING
 from ..auth import SECRET_ENV, load_secret, parse_address
 from ..errors import ClusterConfigError
 from .settings import REGISTERED, LoopSettings
+from .spawn import LoopChild, loop_env
 from .systemd import SYSTEMD_ENV, Notifier
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
+    from typing import IO
 
 log = logging.getLogger("asyncjobs.node")
 
@@ -106,14 +107,23 @@ def settings_from_args(args: argparse.Namespace, secret: bytes) -> list[LoopSett
         from ..transport import tls_from_files
 
         tls_from_files(args.tls_cert, args.tls_key, args.tls_ca, server=False)
-    threads = max(1, min(32, cores + 4) // loops)
-    made = [LoopSettings(host=host, port=port, secret=secret, index=i, loops=loops,
-                         name=name, cpu_workers=cpu_share(cpu, loops, i),
-                         io_concurrency=io, thread_workers=threads,
-                         drain_timeout_s=float(drain), tls_cert=args.tls_cert,
-                         tls_key=args.tls_key, tls_ca=args.tls_ca)
+    return loop_settings(host, port, secret, loops=loops, cpu_workers=cpu,
+                         io_concurrency=io, name=name, drain_timeout_s=float(drain),
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
+
+
+def loop_settings(host: str, port: int, secret: bytes, *, loops: int, cpu_workers: int,
+                  io_concurrency: int, name: str, drain_timeout_s: float,
+                  tls_cert: str | None = None, tls_key: str | None = None,
+                  tls_ca: str | None = None) -> list[LoopSettings]:
+    """The settings of a node's ``loops`` loops (values checked already)."""
+    threads = max(1, min(32, usable_cores() + 4) // loops)
+    return [LoopSettings(host=host, port=port, secret=secret, index=i, loops=loops,
+                         name=name, cpu_workers=cpu_share(cpu_workers, loops, i),
+                         io_concurrency=io_concurrency, thread_workers=threads,
+                         drain_timeout_s=drain_timeout_s, tls_cert=tls_cert,
+                         tls_key=tls_key, tls_ca=tls_ca)
             for i in range(loops)]
-    return made
 
 
 def main(args: argparse.Namespace) -> int:
@@ -140,25 +150,50 @@ def _fail(message: str) -> int:
 
 
 class Supervisor:
-    """Starts the loop processes, restarts those that die, stops them on a signal."""
+    """Starts the loop processes, restarts those that die, stops them on a signal (or
+    ``stop``).
 
-    def __init__(self, settings: list[LoopSettings], notifier: Notifier | None = None
-                 ) -> None:
+    :param env: the loops' environment (default: ours less the secret)
+    :param output: where the loops' stdout and stderr go (default: ours)
+    :param logger: where the supervisor logs (default: ``asyncjobs.node``)
+    :param signals: stop on SIGTERM and SIGINT (False: the caller calls ``stop``)
+    :param started: loop processes started already (``LoopChild``), used before new ones
+    """
+
+    def __init__(self, settings: list[LoopSettings], notifier: Notifier | None = None, *,
+                 env: Mapping[str, str] | None = None, output: IO[bytes] | None = None,
+                 logger: logging.Logger | None = None, signals: bool = True,
+                 started: list[LoopChild] | None = None) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
-        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self.log = logger or log
+        self._env = loop_env() if env is None else dict(env)
+        self._output = output
+        self._signals = signals
+        self._started = list(started or ())
+        self._procs: dict[int, LoopChild] = {}
         self._pulses: dict[int, float] = {}
         self._ready = False
         self._stopping = asyncio.Event()
         #: loops whose current process has registered (once; it relinks by itself)
         self._registered: set[int] = set()
 
+    @property
+    def registered(self) -> int:
+        """How many loops' current processes have registered."""
+        return len(self._registered)
+
+    def stop(self) -> None:
+        """Stop as on SIGTERM: the loops drain, then ``run`` returns."""
+        self._stopping.set()
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
+        if self._signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stopping.set)
         s = self.settings[0]
-        log.info("node %s: %d loops, connecting to %s:%d", s.name, len(self.settings),
+        self.log.info("node %s: %d loops, connecting to %s:%d", s.name, len(self.settings),
                  s.host, s.port)
         tasks = [asyncio.create_task(self._keep(one)) for one in self.settings]
         watch = asyncio.create_task(self._watch())
@@ -167,17 +202,17 @@ class Supervisor:
             await self._stopping.wait()
             watch.cancel()
             self.notifier.notify("STOPPING=1")
-            log.info("node %s: stopping: the loops drain (up to %g s)", s.name,
+            self.log.info("node %s: stopping: the loops drain (up to %g s)", s.name,
                      s.drain_timeout_s)
             for proc in list(self._procs.values()):
-                _signal(proc, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
             done, pending = await asyncio.wait(
                 tasks, timeout=s.drain_timeout_s + STOP_GRACE_S)
             for proc in list(self._procs.values()):
                 if proc.returncode is None:
-                    log.warning("node %s: loop pid %d did not stop in time; killing it",
-                                s.name, proc.pid)
-                    _signal(proc, signal.SIGKILL)
+                    self.log.warning("node %s: loop pid %d did not stop in time; killing "
+                                     "it", s.name, proc.pid)
+                    proc.send_signal(signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending, timeout=STOP_GRACE_S)
         finally:
@@ -187,11 +222,15 @@ class Supervisor:
                 task.cancel()
             for proc in list(self._procs.values()):
                 if proc.returncode is None:
-                    _signal(proc, signal.SIGKILL)
+                    proc.send_signal(signal.SIGKILL)
                     await proc.wait()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        log.info("node %s: stopped", s.name)
+            for child in self._started:  # started for a loop that never came to use it
+                child.discard()
+            self._started.clear()
+            if self._signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        self.log.info("node %s: stopped", s.name)
         return EXIT_OK
 
     async def _keep(self, settings: LoopSettings) -> None:
@@ -204,7 +243,7 @@ class Supervisor:
                 return
             if time.monotonic() - began >= RESTART_RESET_AFTER_S:
                 delay = RESTART_FIRST_S
-            log.warning("node %s: loop %d exited (code %s); starting it again in %.1f s",
+            self.log.warning("node %s: loop %d exited (code %s); starting it again in %.1f s",
                         settings.name, settings.index, code, delay)
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -222,10 +261,10 @@ class Supervisor:
             for index, proc in list(self._procs.items()):
                 silent = now - self._pulses.get(index, now)
                 if silent > LOOP_SILENT_S and proc.returncode is None:
-                    log.error("node %s: loop %d (pid %d) is stuck: no sign of life for "
-                              "%.0f s; killing it", self.settings[0].name, index, proc.pid,
-                              silent)
-                    _signal(proc, signal.SIGKILL)
+                    self.log.error("node %s: loop %d (pid %d) is stuck: no sign of life "
+                                   "for %.0f s; killing it", self.settings[0].name, index,
+                                   proc.pid, silent)
+                    proc.send_signal(signal.SIGKILL)
                     self._pulses.pop(index, None)
             if self.notifier.watchdog_s is not None:
                 self.notifier.notify("WATCHDOG=1")
@@ -257,58 +296,35 @@ class Supervisor:
 
     async def _run_once(self, settings: LoopSettings) -> int | None:
         loop = asyncio.get_running_loop()
-        theirs, ours = None, None
-        env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
-        try:
-            ours, theirs = os.pipe()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asyncjobs.daemons._loop_main",
-                stdin=asyncio.subprocess.PIPE, close_fds=True, pass_fds=(theirs,), env=env)
-        except OSError as exc:
-            log.error("node %s: cannot start loop %d: %s", settings.name, settings.index,
-                      exc)
-            if ours is not None:
-                os.close(ours)
-            return None
-        finally:
-            if theirs is not None:
-                os.close(theirs)
+        if self._started:
+            proc = self._started.pop(0)
+        else:
+            try:
+                proc = LoopChild(self._env, self._output)
+            except OSError as exc:
+                self.log.error("node %s: cannot start loop %d: %s", settings.name,
+                               settings.index, exc)
+                return None
         self._procs[settings.index] = proc
         self._pulses[settings.index] = time.monotonic()
+        proc.send(settings)
         if self._stopping.is_set():  # started as the node began to stop: it drains too
-            _signal(proc, signal.SIGTERM)
-        os.set_blocking(ours, False)
-        loop.add_reader(ours, self._status, settings.index, ours)
+            proc.send_signal(signal.SIGTERM)
+        os.set_blocking(proc.status_fd, False)
+        loop.add_reader(proc.status_fd, self._status, settings.index, proc.status_fd)
         try:
-            assert proc.stdin is not None
-            line = json.dumps(dataclasses.replace(settings, status_fd=theirs).to_json())
-            proc.stdin.write(line.encode() + b"\n")
-            try:
-                await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            log.info("node %s: loop %d started (pid %d)", settings.name, settings.index,
-                     proc.pid)
+            self.log.info("node %s: loop %d started (pid %d)", settings.name,
+                          settings.index, proc.pid)
             return await proc.wait()
         finally:
             if proc.returncode is None:  # cancelled: the node is going down
                 await asyncio.shield(self._reap(proc))
-            if proc.stdin is not None:
-                proc.stdin.close()
             self._procs.pop(settings.index, None)
             self._pulses.pop(settings.index, None)
             self._registered.discard(settings.index)
-            loop.remove_reader(ours)
-            os.close(ours)
+            loop.remove_reader(proc.status_fd)
+            proc.close()
 
-    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
-        _signal(proc, signal.SIGKILL)
+    async def _reap(self, proc: LoopChild) -> None:
+        proc.send_signal(signal.SIGKILL)
         await proc.wait()
-
-
-def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
-    if proc.returncode is None:
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
