@@ -136,9 +136,6 @@ def _importable_from(*folders: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .flow.loader import load_flow
-    from .flow.plan import describe_plan, plan_flow
-
     if args.connect:
         given = [f for f, v in (("--loops", args.loops), ("--cpu-workers", args.cpu_workers))
                  if v is not None]
@@ -161,7 +158,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.dry_run and not args.connect and (args.loops or 1) == 1 \
             and _names_a_call(args.file):
         _start_template_early()
+    if not args.dry_run and not args.connect and (args.loops or 1) > 1:
+        # the loop processes boot (~100 ms of imports each) while this one imports,
+        # loads the file and starts their coordinator; they read their settings then
+        from .daemons.spawn import start_early
+
+        start_early(args.loops)
     if args.dry_run:
+        from .flow.loader import load_flow
+        from .flow.plan import describe_plan, plan_flow
+
         try:
             print(describe_plan(plan_flow(load_flow(args.file, params, max_bytes=max_bytes)),
                                 os.environ))
@@ -169,12 +175,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         return EXIT_OK
     from .api import run
+    from .daemons import spawn
     from .executors.template import discard_early
 
     try:
         return run(lambda: _run_flow(args, params, max_bytes))
     finally:
         discard_early()  # a run that ended before its pool adopted it (bad input)
+        spawn.discard_early()  # the same for early loop processes
 
 
 def _start_template_early() -> None:

@@ -25,7 +25,7 @@ import anyio
 
 from .daemons.coordinator import CoordinatorServer, LocalLink
 from .daemons.node import Supervisor, loop_settings
-from .daemons.spawn import loop_env
+from .daemons.spawn import adopt_early, loop_env
 from .errors import WorkerStartFailed
 from .model import ErrorInfo
 
@@ -80,17 +80,19 @@ class LocalCluster:
         await self._stack.aclose()
 
     def _start_loops(self, host: str, port: int) -> None:
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _stop_loops
+        # the loops import jobs by name: let them find what this process finds
+        env = loop_env(pythonpath=True)
+        early = adopt_early(self.loops, env)  # started by asyncjobs run, still booting
+        started, self._log = early or ([], tempfile.TemporaryFile())  # closed in _stop_loops
         settings = loop_settings(host, port, self.server.secret, loops=self.loops,
                                  cpu_workers=self.cpu_workers,
                                  io_concurrency=self.io_concurrency, name=NODE_NAME,
                                  drain_timeout_s=0.0)
-        # the loops import jobs by name: let them find what this process finds
         self._log_text = open(self._log.fileno(), "w", buffering=1,  # noqa: SIM115
                               closefd=False)  # closed in _stop_loops
-        self._supervisor = Supervisor(settings, env=loop_env(pythonpath=True),
-                                      output=self._log, logger=_file_logger(self._log_text),
-                                      signals=False)
+        self._supervisor = Supervisor(settings, env=env, output=self._log,
+                                      logger=_file_logger(self._log_text), signals=False,
+                                      started=started)
         self._supervising = asyncio.ensure_future(self._supervisor.run())
 
     async def _wait_for_loops(self) -> None:

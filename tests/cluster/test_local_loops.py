@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import asyncjobs
+from asyncjobs.daemons import spawn
 from tests import cluster_jobs, jobs
 
 from .harness import REPO, daemon_env
@@ -138,3 +139,37 @@ async def test_a_loop_that_dies_is_started_again_and_its_job_runs_again(
                 break
         else:
             raise AssertionError("the new loop process never ran a job")
+
+
+@pytest.mark.usefixtures("no_leftover_children")
+async def test_loops_started_early_are_the_ones_the_runner_uses() -> None:
+    spawn.start_early(2)  # what asyncjobs run --loops 2 does first thing
+    assert spawn._early is not None
+    early = {child.pid for child in spawn._early[0]}
+    async with asyncjobs.Runner(loops=2, cpu_workers=1) as runner:
+        assert spawn._early is None
+        assert set(await runner.map(cluster_jobs.loop_pid, [0.02] * 100)) == early
+
+
+@pytest.mark.usefixtures("no_leftover_children")
+def test_early_loops_a_run_never_uses_are_ended(tmp_path: Path) -> None:
+    flow = tmp_path / "jobs.yaml"
+    flow.write_text("jobs:\n  a: {shell: 'true', needs: [missing]}\n")
+    mark = f"{os.getpid()}-{id(flow)}"  # the loops inherit the environment
+    done = subprocess.run([sys.executable, "-m", "asyncjobs", "run", str(flow), "--loops",
+                           "2"], env=daemon_env(extra={"LOOPS_TEST_MARK": mark}), cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "missing" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("LOOPS_TEST_MARK") == mark and proc.status() != "zombie":
+                left.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    assert not left
+    spawn.start_early(2)
+    children = list(spawn._early[0]) if spawn._early is not None else []
+    spawn.discard_early()
+    assert len(children) == 2 and all(c.returncode is not None for c in children)

@@ -2,9 +2,10 @@
 supervisor does, and ``Runner(loops=N)`` as the supervisor of its own loops.
 
 A loop process imports what it needs first and only then reads its settings on stdin,
-so it can be started before its settings are known (``asyncjobs run --loops N`` does,
-before the coordinator that the settings name is serving). Hence this module is light
-(no asyncio at import).
+so it can be started before its settings are known: ``asyncjobs run --loops N`` calls
+``start_early`` first thing, and the loops' interpreters boot and import while it
+imports, loads the flow and starts the coordinator that their settings will name. Hence
+this module is light (no asyncio at import).
 
 It waits for a process with a pidfd on the event loop (no thread, no SIGCHLD handler to
 share with the event loop's own); elsewhere than Linux it polls.
@@ -18,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -136,3 +138,52 @@ def loop_env(pythonpath: bool = False) -> dict[str, str]:
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     return env
+
+
+#: loop processes started by ``start_early`` (them, their environment, their output)
+#: until a ``LocalCluster`` adopts them or ``discard_early`` ends them. Process-wide,
+#: as the processes they stand for.
+_early: tuple[list[LoopChild], dict[str, str], IO[bytes]] | None = None
+
+
+def start_early(loops: int) -> None:
+    """Start ``loops`` loop processes now, for the first ``LocalCluster`` of as many loops
+    opened later in this process with the same environment (``sys.path`` included)."""
+    global _early
+    if _early is not None:
+        return
+    env = loop_env(pythonpath=True)
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - adopted with them, or discarded
+    children: list[LoopChild] = []
+    try:
+        for _ in range(loops):
+            children.append(LoopChild(env, output))
+    except OSError:  # the cluster starts its own, and says why if it cannot
+        for child in children:
+            child.discard()
+        output.close()
+        return
+    _early = (children, env, output)
+
+
+def adopt_early(loops: int, env: Mapping[str, str]
+                ) -> tuple[list[LoopChild], IO[bytes]] | None:
+    """The early loop processes and their output, if they are the ones wanted (one that
+    died meanwhile included: its supervisor sees it and starts another)."""
+    global _early
+    early = _early
+    if early is None or len(early[0]) != loops or early[1] != dict(env):
+        discard_early()
+        return None
+    _early = None
+    return early[0], early[2]
+
+
+def discard_early() -> None:
+    """End early loop processes that no cluster adopted (the run never started)."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        for child in early[0]:
+            child.discard()
+        early[2].close()
