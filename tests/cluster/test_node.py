@@ -519,3 +519,18 @@ async def test_a_node_killed_with_sigkill_leaves_no_process(
         gone, alive = await anyio.to_thread.run_sync(
             lambda: psutil.wait_procs(family, timeout=10))
         assert not alive, [p.cmdline() for p in alive]
+
+
+@pytest.mark.parametrize("given", [b"", b"not json\n", b'{"host": "x"}\n'])
+def test_a_loop_process_without_valid_settings_says_so_and_exits_2(given: bytes) -> None:
+    import subprocess
+    import sys
+
+    from .harness import REPO, daemon_env
+
+    done = subprocess.run([sys.executable, "-m", "asyncjobs.daemons._loop_main"],
+                          input=given, capture_output=True, timeout=30,
+                          env=daemon_env(), cwd=REPO)
+    assert done.returncode == 2
+    assert b"got no valid settings on stdin" in done.stderr
+    assert b"Traceback" not in done.stderr

@@ -15,39 +15,16 @@ import signal
 import sys
 
 
-def _read_line(fd: int) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
 def main() -> int:
-    from .loop import LoopSettings
-
-    line = _read_line(0)
-    try:
-        settings = LoopSettings.from_json(json.loads(line))
-    except (ValueError, TypeError, KeyError) as exc:
-        print(f"asyncjobs: error: a loop process got no valid settings on stdin: "
-              f"{type(exc).__name__}", file=sys.stderr)
-        return 2
     # Keep the supervisor's pipe on a private descriptor (not inherited), and give jobs
     # and their children /dev/null as stdin: none of them holds the pipe open.
     watch_fd = os.dup(0)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format=f"%(asctime)s asyncjobs node {settings.name} loop {settings.index} "
-               f"[%(levelname)s] %(message)s")
     import anyio
 
-    code = anyio.run(_run, settings, watch_fd, backend="asyncio",
+    code = anyio.run(_run, watch_fd, backend="asyncio",
                      backend_options={"use_uvloop": _have_uvloop()})
     from ..executors.thread import calls_in_threads
 
@@ -66,12 +43,53 @@ def _have_uvloop() -> bool:
     return True
 
 
-async def _run(settings: object, watch_fd: int) -> int:
+async def _read_line(fd: int) -> bytes:
+    """The first line on ``fd`` (less, if it ends first), the event loop turning."""
     import asyncio
 
-    from .loop import LoopProcess, LoopSettings
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    done = loop.create_future()
 
-    assert isinstance(settings, LoopSettings)
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        data.extend(chunk)
+        if (not chunk or b"\n" in chunk) and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return bytes(data)
+
+
+async def _run(watch_fd: int) -> int:
+    import asyncio
+
+    from .loop import LoopProcess, LoopSettings, prepare
+
+    # Everything but the settings is ready before they come: a loop started early
+    # (asyncjobs run --loops N) waits for them while its runner still starts.
+    prepare()
+    os.set_blocking(watch_fd, False)
+    line = await _read_line(watch_fd)
+    try:
+        settings = LoopSettings.from_json(json.loads(line))
+    except (ValueError, TypeError, KeyError) as exc:
+        print(f"asyncjobs: error: a loop process got no valid settings on stdin: "
+              f"{type(exc).__name__}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s asyncjobs node {settings.name} loop {settings.index} "
+               f"[%(levelname)s] %(message)s")
     proc = LoopProcess(settings)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, proc.request_stop)
@@ -93,7 +111,6 @@ async def _run(settings: object, watch_fd: int) -> int:
     if settings.status_fd is not None:  # ours alone: no job's process inherits it
         os.set_inheritable(settings.status_fd, False)
         os.set_blocking(settings.status_fd, False)
-    os.set_blocking(watch_fd, False)
     loop.add_reader(watch_fd, supervisor_readable)
     try:
         await proc.run()

@@ -88,6 +88,13 @@ RESULTS_PER_FRAME = 1000
 CANCEL_WAIT_S = 5.0
 
 
+def prepare() -> None:
+    """Import what a loop's engine runs with (``node_engine``) before its settings come:
+    a loop started early waits for them meanwhile (a loop without cpu workers imports
+    the cpu pool's module for nothing, ~3 ms)."""
+    from ..executors import cpu, io, thread  # noqa: F401
+
+
 def node_engine(settings: LoopSettings) -> Engine:
     """The loop's engine. Its cpu attempts are held one per worker (no prefetch inside
     the pool): the coordinator prefetches already, and an attempt the pool has not
