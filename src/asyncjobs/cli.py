@@ -163,7 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # loads the file and starts their coordinator; they read their settings then
         from .daemons.spawn import start_early
 
-        start_early(args.loops)
+        # http steps need aiohttp (~100 ms): the loops import it while they wait
+        start_early(args.loops, ("aiohttp",) if _mentions(args.file, b"http:") else ())
     if args.dry_run:
         from .flow.loader import load_flow
         from .flow.plan import describe_plan, plan_flow
@@ -200,9 +201,14 @@ def _start_template_early() -> None:
 def _names_a_call(path: str) -> bool:
     """Whether the flow file may have cpu jobs: it names a ``call`` (a guess made before
     the file is parsed; a wrong guess costs a process start, or the head start)."""
+    return _mentions(path, b"call")
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    """Whether ``word`` is in the first MiB of the file (a guess at what it needs)."""
     try:
         with open(path, "rb") as f:
-            return b"call" in f.read(1 << 20)
+            return word in f.read(1 << 20)
     except OSError:
         return False
 

@@ -1,5 +1,7 @@
 """Entry of one loop process of ``asyncjobs node``:
-``python -m asyncjobs.daemons._loop_main``, its settings as one JSON line on stdin.
+``python -m asyncjobs.daemons._loop_main [MODULE...]``, its settings as one JSON line on
+stdin; the modules named are imported in a thread while it waits for them (``aiohttp``
+for a flow with http steps: ~100 ms that its first request would wait for).
 
 The settings (the secret among them) come on stdin, never in argv or the environment,
 which other users of the machine may read in ``/proc``. Stdin then stays open: its end
@@ -70,6 +72,16 @@ async def _read_line(fd: int) -> bytes:
     return bytes(data)
 
 
+def _preload(modules: list[str]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a job that needs it says why, if one ever does
+            pass
+
+
 async def _run(watch_fd: int) -> int:
     import asyncio
 
@@ -78,6 +90,11 @@ async def _run(watch_fd: int) -> int:
     # Everything but the settings is ready before they come: a loop started early
     # (asyncjobs run --loops N) waits for them while its runner still starts.
     prepare()
+    if sys.argv[1:]:
+        import threading
+
+        threading.Thread(target=_preload, args=(sys.argv[1:],), daemon=True,
+                         name="asyncjobs-preload").start()
     os.set_blocking(watch_fd, False)
     line = await _read_line(watch_fd)
     try:

@@ -23,7 +23,7 @@ import tempfile
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from .settings import LoopSettings
 
@@ -35,14 +35,18 @@ class LoopChild:
 
     :param env: its environment (never the secret: that travels in the settings)
     :param output: where its stdout and stderr go (None: ours)
+    :param preload: modules it imports in a thread while it waits for its settings
+        (names, in its argv: nothing secret)
     :raises OSError: it cannot be started
     """
 
-    def __init__(self, env: Mapping[str, str], output: IO[bytes] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], output: IO[bytes] | None = None,
+                 preload: Sequence[str] = ()) -> None:
         ours, theirs = os.pipe()  # its status pipe (``settings.PULSE``, ``REGISTERED``)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", LOOP_MAIN], stdin=subprocess.PIPE, stdout=output,
+                [sys.executable, "-m", LOOP_MAIN, *preload], stdin=subprocess.PIPE,
+                stdout=output,
                 stderr=output, close_fds=True, pass_fds=(theirs,), env=env, bufsize=0)
         except BaseException:
             os.close(ours)
@@ -146,9 +150,12 @@ def loop_env(pythonpath: bool = False) -> dict[str, str]:
 _early: tuple[list[LoopChild], dict[str, str], IO[bytes]] | None = None
 
 
-def start_early(loops: int) -> None:
+def start_early(loops: int, preload: Sequence[str] = ()) -> None:
     """Start ``loops`` loop processes now, for the first ``LocalCluster`` of as many loops
-    opened later in this process with the same environment (``sys.path`` included)."""
+    opened later in this process with the same environment (``sys.path`` included).
+
+    :param preload: modules the loops import while they wait (``LoopChild``)
+    """
     global _early
     if _early is not None:
         return
@@ -157,7 +164,7 @@ def start_early(loops: int) -> None:
     children: list[LoopChild] = []
     try:
         for _ in range(loops):
-            children.append(LoopChild(env, output))
+            children.append(LoopChild(env, output, preload))
     except OSError:  # the cluster starts its own, and says why if it cannot
         for child in children:
             child.discard()
