@@ -98,8 +98,9 @@ class LocalCluster:
     async def _wait_for_loops(self) -> None:
         state, supervising = self.server.state, self._supervising
         assert state is not None and supervising is not None
+        joined = self.server.node_joined
         end = time.monotonic() + START_TIMEOUT_S
-        while state.loops_of(NODE_NAME) < self.loops:  # noqa: ASYNC110 - no event for it
+        while state.loops_of(NODE_NAME) < self.loops:
             if supervising.done() or time.monotonic() > end:
                 why = ("stopped: " + repr(supervising.exception())
                        if supervising.done() and not supervising.cancelled()
@@ -107,7 +108,9 @@ class LocalCluster:
                 raise WorkerStartFailed(ErrorInfo(
                     "WorkerStartFailed", f"the loop processes of loops={self.loops} {why}: "
                                          f"{self._log_tail()}"))
-            await anyio.sleep(0.01)
+            joined.clear()
+            with anyio.move_on_after(0.05):  # then look at the supervisor and the clock
+                await joined.wait()
 
     def _log_tail(self) -> str:
         if self._log is None:

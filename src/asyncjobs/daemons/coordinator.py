@@ -161,6 +161,8 @@ class CoordinatorServer:
         self.refused = 0
         #: handshakes refused because the peer did not prove the secret
         self.auth_failures = 0
+        #: set when a node's loop registers (``Runner(loops=N)`` waits for its own)
+        self.node_joined = asyncio.Event()
 
     async def serve(self, host: str, port: int, *,
                     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
@@ -242,6 +244,7 @@ class CoordinatorServer:
                 log.info("%s did not register in %g s", link.address, REGISTER_TIMEOUT_S)
                 return
             self._apply(self.state.node_joined(link_id, first, self._now()))
+            self.node_joined.set()
             if not self.state.has_link(link_id):
                 return  # refused: its Error goes out as the link closes
         else:
