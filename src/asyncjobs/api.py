@@ -378,13 +378,12 @@ class Runner(JobsApi):
             (``asyncjobs.errors.WorkerStartFailed``; the message says why, e.g. a main
             module that starts a Runner when imported)
         """
-        from .executors.cpu import CpuPool
-
         if self._engine is not None or self._remote is not None:
             raise RuntimeError("this Runner is already open")
         if self.loops > 1:
             await self._open_loops()
             return self
+        from .executors.cpu import CpuPool  # here: the loops' runner never needs it
         engine = self._engine = local_engine(
             cpu_workers=self.cpu_workers,
             io_concurrency=self.io_concurrency,

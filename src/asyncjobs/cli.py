@@ -155,10 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--max-file-size: {exc}")
     _importable_from(os.getcwd(), os.path.dirname(os.path.abspath(args.file)))
-    if not args.dry_run and not args.connect and (args.loops or 1) == 1 \
-            and _names_a_call(args.file):
+    template_early = not args.dry_run and not args.connect and (args.loops or 1) == 1 \
+        and _names_a_call(args.file)
+    if template_early:
         _start_template_early()
-    if not args.dry_run and not args.connect and (args.loops or 1) > 1:
+    loops_early = not args.dry_run and not args.connect and (args.loops or 1) > 1
+    if loops_early:
         # the loop processes boot (~100 ms of imports each) while this one imports,
         # loads the file and starts their coordinator; they read their settings then
         from .daemons.spawn import start_early
@@ -176,14 +178,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         return EXIT_OK
     from .api import run
-    from .daemons import spawn
-    from .executors.template import discard_early
 
     try:
         return run(lambda: _run_flow(args, params, max_bytes))
     finally:
-        discard_early()  # a run that ended before its pool adopted it (bad input)
-        spawn.discard_early()  # the same for early loop processes
+        # what a run that ended before using it (bad input) did not adopt; imported
+        # only then: the cpu pool's modules are ~8 ms that --loops N never needs
+        if template_early:
+            from .executors.template import discard_early
+
+            discard_early()
+        if loops_early:
+            from .daemons import spawn
+
+            spawn.discard_early()
 
 
 def _start_template_early() -> None:
@@ -236,7 +244,6 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
 
     from .api import JobsApi, Runner
     from .errors import ClusterConfigError, ConnectionFailed, SessionBusy
-    from .executors.cpu import CpuPool
     from .flow.loader import load_flow
     from .flow.plan import FlowPlan, plan_flow
     from .model import JobKind
@@ -288,6 +295,8 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
             return _fail(str(exc))
         if isinstance(runner, Runner) and runner.loops == 1 and any(job.kind is JobKind.CPU
                                               for job in plan.spec.jobs.values()):
+            from .executors.cpu import CpuPool
+
             pool = runner.engine.executors[JobKind.CPU]
             if isinstance(pool, CpuPool):
                 pool.prestart()  # the workers fork now, while the run is set up
