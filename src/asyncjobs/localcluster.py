@@ -129,6 +129,8 @@ class LocalCluster:
                 supervising.cancel()
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait([supervising])
+            if not supervising.cancelled():
+                supervising.exception()  # told by _wait_for_loops already, or moot now
         if self._log_text is not None:
             self._log_text.close()
         if self._log is not None:

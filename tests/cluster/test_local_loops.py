@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -161,15 +162,47 @@ def test_early_loops_a_run_never_uses_are_ended(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "missing" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-    left = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("LOOPS_TEST_MARK") == mark and proc.status() != "zombie":
-                left.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    assert not left
+    assert not _marked(mark)
     spawn.start_early(2)
     children = list(spawn._early[0]) if spawn._early is not None else []
     spawn.discard_early()
     assert len(children) == 2 and all(c.returncode is not None for c in children)
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment carries ``LOOPS_TEST_MARK=mark``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("LOOPS_TEST_MARK") == mark and proc.status() != "zombie":
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def test_a_runner_killed_with_sigkill_leaves_no_loop_or_job_behind(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    flow = tmp_path / "jobs.yaml"
+    flow.write_text("jobs:\n  sleepers:\n    foreach: {range: 4}\n"
+                    f"    shell: 'echo x >> {started}; sleep 60'\n")
+    mark = f"{os.getpid()}-{id(flow)}"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "asyncjobs", "run", str(flow), "--loops", "2", "--quiet"],
+        env=daemon_env(extra={"LOOPS_TEST_MARK": mark}), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if started.exists() and len(started.read_text().split()) == 4:
+                break
+            time.sleep(0.05)
+        assert len(_marked(mark)) > 3  # the runner, its loops, their shell jobs
+    finally:
+        runner.kill()  # no cleanup of its own: its loops see their stdin end
+        runner.wait()
+    for _ in range(100):
+        left = _marked(mark)
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left
