@@ -11,11 +11,14 @@ import argparse
 import gc
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import parse_size
 from .errors import FlowError, RunInProgress, StateUnavailable
+
+if TYPE_CHECKING:
+    from .flow.plan import FlowPlan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -258,7 +261,7 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     from .errors import ClusterConfigError, ConnectionFailed, SessionBusy
     from .executors.cpu import CpuPool
     from .flow.loader import load_flow
-    from .flow.plan import FlowPlan, plan_flow
+    from .flow.plan import plan_flow
     from .model import JobKind
     from .progress import Progress
 
@@ -310,6 +313,8 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
                                               for job in plan.spec.jobs.values()):
             pool = runner.engine.executors[JobKind.CPU]
             if isinstance(pool, CpuPool):
+                # imported once in the template, not by each worker at its first job
+                pool.preload(_cpu_modules(plan))
                 pool.prestart()  # the workers fork now, while the run is set up
         if args.report:
             flow.report.stream_json(args.report)
@@ -343,6 +348,17 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     code = EXIT_INTERRUPTED if interrupted else EXIT_OK if report.ok else EXIT_FAILED
     _leave_stuck_threads(code)
     return code
+
+
+def _cpu_modules(plan: FlowPlan) -> list[str]:
+    """The modules a worker imports to run the flow's cpu calls (a chunk's runner too)."""
+    from .executors.chunk import run_chunk
+    from .flow.spec import CallAction
+    from .model import JobKind
+
+    modules = {job.action.ref.partition(":")[0] for job in plan.spec.jobs.values()
+               if job.kind is JobKind.CPU and isinstance(job.action, CallAction)}
+    return sorted(modules | {run_chunk.__module__}) if modules else []
 
 
 def _leave_stuck_threads(code: int) -> None:
