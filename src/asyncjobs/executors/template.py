@@ -109,7 +109,30 @@ def reap_soon(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes],
                 code = proc.wait(timeout=1.0)
         on_exit(code)
 
-    check()
+    if proc.poll() is not None or not hasattr(os, "pidfd_open"):
+        check()
+        return
+    # heard at once, not at the next of the polling steps (1, 2, 4 ms...): this is on
+    # the way out of every run; then checked as above
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        check()
+        return
+
+    def exited() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        timer.cancel()
+        check()
+
+    try:
+        loop.add_reader(pidfd, exited)
+    except (OSError, NotImplementedError):
+        os.close(pidfd)
+        check()
+        return
+    timer = loop.call_at(deadline, exited)
 
 
 def worker_env() -> dict[str, str]:
