@@ -94,6 +94,26 @@ async def test_workers_are_forked_by_one_template_that_is_our_child() -> None:
     await wait_until_gone([template, *workers])
 
 
+
+async def test_an_early_template_is_adopted_only_if_prepared_as_the_pool_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncjobs run starts the template, and sends it its preparation data, first thing
+    template.start_early(template.worker_env())
+    assert template._early is not None
+    same = template._early[0]
+    async with Runner(cpu_workers=1) as runner:
+        assert await runner.submit(cpujobs.parent) == same.pid == pool_of(runner).template_pid()
+    await wait_until_gone([same.pid])
+    template.start_early(template.worker_env())
+    assert template._early is not None
+    other = template._early[0]
+    monkeypatch.syspath_prepend(str(tmp_path))  # the pool's preparation data differs now
+    async with Runner(cpu_workers=1) as runner:
+        pid = await runner.submit(cpujobs.parent)
+        assert pid == pool_of(runner).template_pid() != other.pid
+    assert other.poll() is not None  # ended when the pool would not adopt it
+
 async def test_a_replacement_worker_comes_with_the_modules_jobs_needed() -> None:
     async with Runner(cpu_workers=1) as runner:
         first = await runner.submit(preloaded.imported_in)  # unpickling imported it

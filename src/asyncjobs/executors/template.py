@@ -176,7 +176,12 @@ def start_early(env: Mapping[str, str], script: str = TEMPLATE_SCRIPT) -> None:
         proc, ours = _spawn(script, env)
         # sent now, not when a pool adopts it: the template prepares (imports the main
         # module) at once; its preparation data is ours by then (sys.path, cwd, argv)
-        prep = preparation_data()
+        try:
+            prep = preparation_data()
+        except Exception:  # the pool meets it again, and reports it, when it makes its own
+            _early = (proc, ours, script, dict(env), b"")
+            discard_early()
+            return
         try:
             ours.sendall(wire.HEADER.pack(len(prep), wire.OP_INIT, 0) + prep)
         except OSError:
