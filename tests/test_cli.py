@@ -201,3 +201,22 @@ def test_bad_input_leaves_no_early_template_behind(tmp_path: Path) -> None:
             if proc.environ().get("ASYNCJOBS_TEST_MARK") == mark:
                 left.append(proc.pid)
     wait_until_gone_sync(left, deadline_s=5.0)
+
+
+def test_a_flows_cpu_calls_run_in_workers_forked_with_their_module(tmp_path: Path) -> None:
+    # the command names the calls' modules to the pool's template before the first
+    # workers fork: no worker imports them at its first job
+    path = write_flow(tmp_path, """
+        name: preload
+        jobs:
+          forked:
+            foreach: {range: 8}
+            call: tests.executors.preloaded:imported_before_fork
+            args: ["{{ item }}"]
+          all:
+            call: builtins:all
+            args: ["{{ results.forked }}"]
+    """)
+    r = asyncjobs("run", str(path), "--cpu-workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "all = True" in r.stderr, r.stderr

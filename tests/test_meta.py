@@ -211,7 +211,8 @@ def test_executors_do_not_reach_up_to_engine_or_api() -> None:
 
 def test_import_is_light() -> None:
     # workers import the app's main module, and so this package, at every start
-    heavy = ("aiohttp", "yaml", "rich", "asyncio", "asyncjobs.engine")
+    heavy = ("aiohttp", "yaml", "rich", "asyncio", "asyncjobs.engine", "asyncjobs.protocol",
+             "multiprocessing")
     code = f"import sys, asyncjobs; print(sorted(m for m in {heavy} if m in sys.modules))"
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=python_env())
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
@@ -225,6 +226,22 @@ def test_a_flow_without_http_jobs_does_not_import_aiohttp(tmp_path: Path) -> Non
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
                        env=python_env(), cwd=tmp_path)
     assert r.stdout.strip() == "0 False", r.stdout + r.stderr
+
+
+def test_an_embedded_run_imports_only_what_it_uses(tmp_path: Path) -> None:
+    # `asyncjobs run` embedded is timed against a bare multiprocessing.Pool script
+    # (bench_flow_cold.py): the cluster half, HTTP, rich and error-only helpers stay out
+    (tmp_path / "jobs.yaml").write_text(
+        "jobs:\n  a: {shell: 'true'}\n"
+        "  b: {foreach: {range: 4}, call: 'math:sqrt', args: ['{{ item }}'], needs: [a]}\n")
+    unwanted = ("asyncjobs.protocol", "asyncjobs.client", "asyncjobs.transport",
+                "asyncjobs.clusterbackend", "asyncjobs.localcluster", "asyncjobs.daemons",
+                "aiohttp", "rich", "prometheus_client", "difflib", "shutil")
+    code = ("import sys; from asyncjobs.cli import main; code = main(['run', 'jobs.yaml', "
+            f"'--quiet']); print(code, sorted(m for m in {unwanted} if m in sys.modules))")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                       env=python_env(), cwd=tmp_path)
+    assert r.stdout.strip() == "0 []", r.stdout + r.stderr
 
 
 def test_version_command() -> None:

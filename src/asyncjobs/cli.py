@@ -11,16 +11,50 @@ import argparse
 import gc
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import parse_size
 from .errors import FlowError, RunInProgress, StateUnavailable
 
+if TYPE_CHECKING:
+    from .flow.plan import FlowPlan
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, as wide as the terminal as argparse makes it, without its import
+    of shutil (~3 ms at every start: argparse makes a formatter for each argument)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:  # shutil.get_terminal_size().columns - 2
+            try:
+                columns = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                columns = 0
+            stdout = sys.__stdout__
+            if columns <= 0 and stdout is not None:
+                try:
+                    columns = os.get_terminal_size(stdout.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    columns = 0
+            width = (columns or 80) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """With ``_HelpFormatter``, as are its subcommands' parsers (argparse makes them of
+    their parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asyncjobs",
         description="An asyncio job runner: IO jobs as coroutines, CPU jobs on every core.",
     )
@@ -195,9 +229,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _start_template_early() -> None:
-    """Start the cpu pool's template process before this one imports the event-loop half
-    of the package and validates the file: the template's interpreter start and its
-    import of the main module (~100 ms) then overlap ours, instead of following them."""
+    """Start the cpu pool's template process, and send it its preparation data, before
+    this one imports the loader and the event-loop half of the package and validates the
+    file: the template's interpreter start and its import of the main module (~50 ms)
+    then overlap ours, instead of following them."""
     from .executors.template import start_early, worker_env
 
     try:
@@ -230,8 +265,10 @@ def _tune_gc() -> None:
     in someone's app would not). What exists now (modules, classes, the plan) lives until
     exit: freeze it, so no full collection walks it again. And collect the youngest
     generation less often: a run makes many short-lived containers per job, and with
-    the defaults the collector took ~15 % of the CPU on the HTTP benchmark."""
-    gc.collect()
+    the defaults the collector took ~15 % of the CPU on the HTTP benchmark. The young
+    generations only are collected first: a full collection (~3 ms, before the first
+    job starts) would find little, as imports make few cycles."""
+    gc.collect(1)
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
@@ -245,7 +282,7 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     from .api import JobsApi, Runner
     from .errors import ClusterConfigError, ConnectionFailed, SessionBusy
     from .flow.loader import load_flow
-    from .flow.plan import FlowPlan, plan_flow
+    from .flow.plan import plan_flow
     from .model import JobKind
     from .progress import Progress
 
@@ -299,6 +336,8 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
 
             pool = runner.engine.executors[JobKind.CPU]
             if isinstance(pool, CpuPool):
+                # imported once in the template, not by each worker at its first job
+                pool.preload(_cpu_modules(plan))
                 pool.prestart()  # the workers fork now, while the run is set up
         if args.report:
             flow.report.stream_json(args.report)
@@ -332,6 +371,17 @@ async def _run_flow(args: argparse.Namespace, params: dict[str, str], max_bytes:
     code = EXIT_INTERRUPTED if interrupted else EXIT_OK if report.ok else EXIT_FAILED
     _leave_stuck_threads(code)
     return code
+
+
+def _cpu_modules(plan: FlowPlan) -> list[str]:
+    """The modules a worker imports to run the flow's cpu calls (a chunk's runner too)."""
+    from .executors.chunk import run_chunk
+    from .flow.spec import CallAction
+    from .model import JobKind
+
+    modules = {job.action.ref.partition(":")[0] for job in plan.spec.jobs.values()
+               if job.kind is JobKind.CPU and isinstance(job.action, CallAction)}
+    return sorted(modules | {run_chunk.__module__}) if modules else []
 
 
 def _leave_stuck_threads(code: int) -> None:

@@ -191,8 +191,10 @@ class _Item(Entry):
                 running.cancelled = True
             flow.failed += 1
         running.in_flight -= 1
-        if running.in_flight <= running.low_water:
-            flow._feed(running)  # refill, or end the job
+        # refill, or end the job: once every item is out, only the last one's end can
+        if running.in_flight <= running.low_water and not (running.exhausted
+                                                            and running.in_flight):
+            flow._feed(running)
 
 
 class FlowRun:

@@ -125,7 +125,7 @@ class FlowReport:
 
     def add(self, record: JobRecord) -> None:
         """A job ended (its record is final): count it, and keep or stream it."""
-        self._counts[record.status.value] += 1
+        self._counts[record.status] += 1  # a StrEnum: the same key as its value
         self._added += 1
         if record.started is not None and record.ended is not None:
             duration = record.ended - record.started

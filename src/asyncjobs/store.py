@@ -300,10 +300,23 @@ class RunStore:
                 if not flusher.cancelled():
                     flusher.exception()  # a failed write: its jobs are still queued
             if self._run_id is not None:
-                await self.flush()
-                await self._call(self._end, status)
+                # one trip to the store thread, not three (write, end, close): this is
+                # the last thing a run does before its command can exit
+                pending, self._pending = self._pending, {}
+                if pending:
+                    self._seq += 1
+                await self._call(self._finish, self._seq, pending, status)
         finally:
             self._shutdown()
+
+    def _finish(self, seq: int, pending: dict[str, list[tuple[str, str, bytes | None]]],
+                status: str) -> None:
+        try:
+            if pending:
+                self._write(seq, pending)
+            self._end(status)
+        finally:
+            self._release()
 
     def _end(self, status: str) -> None:
         conn = self._conn
@@ -316,7 +329,8 @@ class RunStore:
         doing is done, and end the thread."""
         if not self._shut:
             self._shut = True
-            self._thread.submit(self._release)
+            if self._conn is not None or self._lock_fd is not None:
+                self._thread.submit(self._release)
             self._thread.shutdown(wait=True)
 
     def _release(self) -> None:

@@ -12,7 +12,6 @@ own, and an object with ``async def __call__`` ran as ``io`` through ``submit`` 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import importlib
 import inspect
@@ -83,6 +82,8 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
         try:
             obj = getattr(obj, part)
         except AttributeError:
+            import difflib  # here: only a bad reference needs it
+
             names = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from asyncjobs import JobFailed, Runner
 from asyncjobs.errors import WorkerStartFailed
-from asyncjobs.executors import cpu
+from asyncjobs.executors import cpu, template
 from asyncjobs.executors.cpu import CpuPool
 from asyncjobs.model import JobKind
 
@@ -55,6 +56,33 @@ def run_script(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedP
 # -- the template -------------------------------------------------------------------------
 
 
+def python_process(code: str, *, wait: bool = False) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([PYTHON, "-c", code])
+    if wait:
+        proc.wait()
+    return proc
+
+
+async def test_reap_soon_hears_an_exit_and_kills_a_process_past_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    fds = len(os.listdir("/proc/self/fd"))
+    exits: asyncio.Queue[int | None] = asyncio.Queue()
+    ending = python_process("import time; time.sleep(0.2)")
+    template.reap_soon(loop, ending, exits.put_nowait)
+    assert await asyncio.wait_for(exits.get(), 10) == 0
+    monkeypatch.setattr(template, "REAP_TIMEOUT_S", 0.3)
+    stuck = python_process("import time; time.sleep(60)")
+    template.reap_soon(loop, stuck, exits.put_nowait)
+    assert await asyncio.wait_for(exits.get(), 10) == -signal.SIGKILL
+    gone = python_process("pass", wait=True)
+    template.reap_soon(loop, gone, exits.put_nowait)  # exited already: at once
+    assert exits.get_nowait() == 0
+    assert len(os.listdir("/proc/self/fd")) == fds  # nothing left open (a pidfd)
+
+
+
 async def test_workers_are_forked_by_one_template_that_is_our_child() -> None:
     async with Runner(cpu_workers=2, prestart=True) as runner:
         template = pool_of(runner).template_pid()
@@ -65,6 +93,26 @@ async def test_workers_are_forked_by_one_template_that_is_our_child() -> None:
         assert await runner.submit(cpujobs.parent) == template
     await wait_until_gone([template, *workers])
 
+
+
+async def test_an_early_template_is_adopted_only_if_prepared_as_the_pool_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncjobs run starts the template, and sends it its preparation data, first thing
+    template.start_early(template.worker_env())
+    assert template._early is not None
+    same = template._early[0]
+    async with Runner(cpu_workers=1) as runner:
+        assert await runner.submit(cpujobs.parent) == same.pid == pool_of(runner).template_pid()
+    await wait_until_gone([same.pid])
+    template.start_early(template.worker_env())
+    assert template._early is not None
+    other = template._early[0]
+    monkeypatch.syspath_prepend(str(tmp_path))  # the pool's preparation data differs now
+    async with Runner(cpu_workers=1) as runner:
+        pid = await runner.submit(cpujobs.parent)
+        assert pid == pool_of(runner).template_pid() != other.pid
+    assert other.poll() is not None  # ended when the pool would not adopt it
 
 async def test_a_replacement_worker_comes_with_the_modules_jobs_needed() -> None:
     async with Runner(cpu_workers=1) as runner:

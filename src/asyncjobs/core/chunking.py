@@ -60,20 +60,31 @@ class Chunker:
     :param total: how many items there are, when known
     """
 
-    __slots__ = ("workers", "total", "item_s")
+    __slots__ = ("workers", "total", "_item_s", "_size")
 
     def __init__(self, workers: int, total: int | None) -> None:
         self.workers = max(1, workers)
         self.total = total
-        #: seconds per item, as workers measured it (None until a chunk returns)
-        self.item_s: float | None = None
+        self._item_s: float | None = None
+        self._size = chunk_size(None, total, self.workers)
+
+    @property
+    def item_s(self) -> float | None:
+        """Seconds per item, as workers measured it (None until a chunk returns)."""
+        return self._item_s
+
+    @item_s.setter
+    def item_s(self, value: float | None) -> None:
+        self._item_s = value
+        # kept: a flow asks for it as often as an item ends
+        self._size = chunk_size(value, self.total, self.workers)
 
     def size(self) -> int:
-        return chunk_size(self.item_s, self.total, self.workers)
+        return self._size
 
     def room(self, room: int, in_flight: int) -> int:
         """How many chunks may start now, out of ``room``: fewer while probing (rule 2)."""
-        if self.item_s is None:
+        if self._item_s is None:
             return min(room, 2 * self.workers - in_flight)
         return room
 

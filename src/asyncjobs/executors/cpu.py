@@ -72,7 +72,7 @@ from .template import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from .base import AttemptKey, Call, Sink
 
@@ -428,11 +428,11 @@ class CpuPool:
         if self._closing:
             template.close()
             return
+        if self._preloaded:  # first: the workers it forks next have them
+            template.preload(sorted(self._preloaded))
         waiting, self._waiting = self._waiting, []
         for worker, theirs in waiting:
             self._fork(template, worker, theirs)
-        if self._preloaded:
-            template.preload(sorted(self._preloaded))
         self._check_ready()
 
     def worker_forked(self, worker_id: int, pid: int) -> None:
@@ -524,7 +524,13 @@ class CpuPool:
         self._check_ready()
 
     def _on_imported(self, payload: bytes) -> None:
-        new = [n for n in payload.decode().split("\n") if n not in self._preloaded]
+        self.preload(payload.decode().split("\n"))
+
+    def preload(self, modules: Iterable[str]) -> None:
+        """Have the template import ``modules`` before it forks more workers, so that a
+        new worker does not import them at its first job (``asyncjobs run`` names the
+        modules of a flow's calls before the first workers fork)."""
+        new = [n for n in modules if n not in self._preloaded]
         self._preloaded.update(new)
         template = self._template
         if new and template is not None and template.ready:

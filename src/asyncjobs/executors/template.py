@@ -6,16 +6,12 @@ module is being imported for a worker, and the pool's side of its template proce
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import multiprocessing.process
-import multiprocessing.spawn
 import os
 import pickle
 import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import UnguardedMainModule
@@ -27,7 +23,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable, Iterable, Mapping
 
-TEMPLATE_SCRIPT = str(Path(wire.__file__).resolve())
+TEMPLATE_SCRIPT = os.path.realpath(wire.__file__)
 #: how long to wait for a process's exit status once it should be exiting
 REAP_TIMEOUT_S = 5.0
 
@@ -37,7 +33,10 @@ def check_not_preparing() -> None:
 
     :raises UnguardedMainModule: with what to do about it
     """
-    if not getattr(multiprocessing.process.current_process(), "_inheriting", False):
+    # only a process multiprocessing prepares can be inheriting: one that has not
+    # imported it is not (and ``asyncjobs run`` imports it no sooner than it must)
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or not getattr(process.current_process(), "_inheriting", False):
         return
     main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
     path = getattr(main, "__file__", None) or "the main module"
@@ -67,6 +66,9 @@ def describe_exit(returncode: int | None) -> str:
 
 def preparation_data() -> bytes:
     """What a spawned child is prepared with: ``sys.path``, cwd, the main module."""
+    import multiprocessing
+    import multiprocessing.spawn
+
     method_was_set = multiprocessing.get_start_method(allow_none=True) is not None
     prep = multiprocessing.spawn.get_preparation_data("asyncjobs-worker")
     prep.pop("authkey", None)  # refuses to pickle; workers use no multiprocessing auth
@@ -107,7 +109,30 @@ def reap_soon(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes],
                 code = proc.wait(timeout=1.0)
         on_exit(code)
 
-    check()
+    if proc.poll() is not None or not hasattr(os, "pidfd_open"):
+        check()
+        return
+    # heard at once, not at the next of the polling steps (1, 2, 4 ms...): this is on
+    # the way out of every run; then checked as above
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        check()
+        return
+
+    def exited() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        timer.cancel()
+        check()
+
+    try:
+        loop.add_reader(pidfd, exited)
+    except (OSError, NotImplementedError):
+        os.close(pidfd)
+        check()
+        return
+    timer = loop.call_at(deadline, exited)
 
 
 def worker_env() -> dict[str, str]:
@@ -133,23 +158,35 @@ def _spawn(script: str, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes]
 
 
 #: a template started before any event loop, by ``start_early``: (process, our end of
-#: its channel, its script, its environment), until a pool adopts or ``discard_early``
-#: ends it. Process-wide, as the process it stands for.
-_early: tuple[subprocess.Popen[bytes], socket.socket, str, dict[str, str]] | None = None
+#: its channel, its script, its environment, the preparation data sent to it), until a
+#: pool adopts or ``discard_early`` ends it. Process-wide, as the process it stands for.
+_early: tuple[subprocess.Popen[bytes], socket.socket, str, dict[str, str], bytes] | None = None
 
 
 def start_early(env: Mapping[str, str], script: str = TEMPLATE_SCRIPT) -> None:
     """Start a template process now, for the first pool opened later in this process
-    with the same script and environment. ``asyncjobs run`` calls this first thing, so
-    the template's interpreter boots while the command imports and validates its file
-    (the template waits for its preparation data until a pool adopts it).
+    with the same script, environment and preparation data. ``asyncjobs run`` calls
+    this first thing, so the template's interpreter boots and prepares while the command
+    imports and validates its file.
 
     :raises OSError: if the process cannot be started
     """
     global _early
     if _early is None:
         proc, ours = _spawn(script, env)
-        _early = (proc, ours, script, dict(env))
+        # sent now, not when a pool adopts it: the template prepares (imports the main
+        # module) at once; its preparation data is ours by then (sys.path, cwd, argv)
+        try:
+            prep = preparation_data()
+        except Exception:  # the pool meets it again, and reports it, when it makes its own
+            _early = (proc, ours, script, dict(env), b"")
+            discard_early()
+            return
+        try:
+            ours.sendall(wire.HEADER.pack(len(prep), wire.OP_INIT, 0) + prep)
+        except OSError:
+            pass  # it has died already: adopting it fails, and a pool starts its own
+        _early = (proc, ours, script, dict(env), prep)
 
 
 def discard_early() -> None:
@@ -157,7 +194,7 @@ def discard_early() -> None:
     global _early
     early, _early = _early, None
     if early is not None:
-        proc, ours, _, _ = early
+        proc, ours = early[0], early[1]
         ours.close()  # the template exits at the end of its channel
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)
@@ -166,11 +203,14 @@ def discard_early() -> None:
             proc.wait()
 
 
-def _adopt_early(script: str, env: Mapping[str, str]
+def _adopt_early(script: str, env: Mapping[str, str], prep: bytes
                  ) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
+    """The early template, if it was started and prepared as this pool would (it was
+    sent its ``I`` frame already)."""
     global _early
     early = _early
-    if early is None or early[2] != script or early[3] != dict(env) or early[0].poll() is not None:
+    if (early is None or early[2] != script or early[3] != dict(env) or early[4] != prep
+            or early[0].poll() is not None):
         discard_early()
         return None
     _early = None
@@ -190,7 +230,8 @@ class Template:
                  env: Mapping[str, str], script: str = TEMPLATE_SCRIPT) -> None:
         self.owner = owner
         self.loop = loop
-        self.proc, parent_end = _adopt_early(script, env) or _spawn(script, env)
+        early = _adopt_early(script, env, prep)
+        self.proc, parent_end = early or _spawn(script, env)
         self.pid = self.proc.pid
         self.ready = False
         #: why preparing failed, as the template said
@@ -199,7 +240,8 @@ class Template:
         self.gone = False
         self.returncode: int | None = None
         self.chan = Channel(parent_end, loop, self._on_frame, self._on_eof)
-        self.chan.send(wire.OP_INIT, 0, prep)
+        if early is None:
+            self.chan.send(wire.OP_INIT, 0, prep)
 
     def fork(self, worker_id: int, sock: socket.socket) -> None:
         """Ask for a worker on ``sock`` (its end of the pool's socketpair; sent, then

@@ -3,7 +3,6 @@ key at fault and what was expected, and suggests the closest key for a typo."""
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,8 @@ FOREACH_KEYS = ("range", "lines")
 
 
 def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    import difflib  # here: only a bad file needs it
+
     close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 

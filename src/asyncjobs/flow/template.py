@@ -131,6 +131,16 @@ def _getter(ref: Ref) -> Callable[[TemplateContext], Any]:
             return value
 
         return item
+    if ref.root == "params" and len(ref.path) == 1:
+        name = ref.path[0]
+
+        def param(ctx: TemplateContext) -> Any:
+            params = ctx.params
+            if name in params:
+                return params[name]
+            return lookup(ref, ctx)  # raises, with the message
+
+        return param
     return lambda ctx: lookup(ref, ctx)
 
 

@@ -64,10 +64,13 @@ _RESOLVERS: dict[str, list[tuple[str, re.Pattern[str]]]] = {
     and (kept := [(t, rx) for t, rx in pairs if t in (_BOOL, _NULL, _INT, _FLOAT, _MERGE)])
 }
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
-#: what YAML allows in a stream (PyYAML's Reader), less a byte order mark past the start
-_NON_PRINTABLE = re.compile(
+#: what YAML allows in a stream (PyYAML's Reader), less a byte order mark past the start;
+#: compiled on first use (~4 ms for its ranges), for a file that is not all ASCII
+_NON_PRINTABLE = (
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
+#: the same, for an ASCII text
+_NON_PRINTABLE_ASCII = re.compile("[^\x09\x0a\x0d\x20-\x7e]")
 #: control characters, which a terminal obeys rather than shows, and bidi overrides
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -179,7 +182,8 @@ def decode_flow(data: bytes, path: str) -> str:
 
 def check_printable(text: str, path: str) -> None:
     """:raises FlowError: for the first character YAML does not allow in a stream"""
-    m = _NON_PRINTABLE.search(text)
+    pattern = _NON_PRINTABLE_ASCII if text.isascii() else re.compile(_NON_PRINTABLE)
+    m = pattern.search(text)
     if m is None:
         return
     line, column = _where(text, m.start())
