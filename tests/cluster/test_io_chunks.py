@@ -95,7 +95,9 @@ async def test_io_chunks_keep_records_limits_and_timeouts_of_one_loop(
         local = runner._local
         assert local is not None and local.server.state is not None
         jobs_sent = local.server.state.counts["submitted"]
-    assert api.most_in_flight == 32  # a chunk holds its calls' units of the limit
+    # chunks of 8 hold 8 units each: never past the limit, and more than one chunk at once
+    # (not exactly 32: a loaded machine may not overlap them all)
+    assert 8 < api.most_in_flight <= 32
     assert jobs_sent < 60  # 310 calls travelled in far fewer jobs
     assert all(n == 1 for n in api.hits.values()) and len(api.hits) == 310
 
