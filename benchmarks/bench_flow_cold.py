@@ -12,6 +12,10 @@ a fresh measuring interpreter, once per round, the variants alternating:
   from the file's;
 - ``pool-script``: ``python benchmarks/montecarlo_pool.py``: ``Pool(os.cpu_count()).map(
   hits, [tries] * jobs)``, then ``estimate_pi``, printed (the platform's start method);
+- ``pool-floor``: the same script with ``--floor examples/montecarlo.yaml``: first only
+  what any run of a YAML flow on asyncio must do before its first job (import PyYAML,
+  asyncio and uvloop; parse the file). Its ratio to ``pool-script`` is the floor of the
+  target's ratio on this machine;
 - where the asyncjobs command's time goes: ``asyncjobs-dry-run`` (``asyncjobs run
   --dry-run``: imports, load, validate and plan, print the plan; run nothing),
   ``import-cli`` (``python -c "import asyncjobs.cli"``) and ``python-start``
@@ -45,7 +49,8 @@ FLOW = "examples/montecarlo.yaml"
 #: the sizes written in FLOW's params
 FLOW_JOBS, FLOW_TRIES = 3000, 4000
 POOL_SCRIPT = str(Path(__file__).resolve().parent / "montecarlo_pool.py")
-VARIANTS = ["asyncjobs-run", "pool-script", "asyncjobs-dry-run", "import-cli", "python-start"]
+VARIANTS = ["asyncjobs-run", "pool-script", "pool-floor", "asyncjobs-dry-run", "import-cli",
+            "python-start"]
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)")
 
 
@@ -66,6 +71,9 @@ def command_argv(variant: str, jobs: int, tries: int) -> list[str]:
         return [*asyncjobs_command(), "run", FLOW, "--quiet", *params]
     if variant == "pool-script":
         return [sys.executable, POOL_SCRIPT, "--jobs", str(jobs), "--tries", str(tries)]
+    if variant == "pool-floor":
+        return [sys.executable, POOL_SCRIPT, "--jobs", str(jobs), "--tries", str(tries),
+                "--floor", FLOW]
     if variant == "asyncjobs-dry-run":
         return [*asyncjobs_command(), "run", "--dry-run", FLOW, *params]
     if variant == "import-cli":
@@ -76,7 +84,7 @@ def command_argv(variant: str, jobs: int, tries: int) -> list[str]:
 def check_output(variant: str, proc: subprocess.CompletedProcess[str]) -> None:
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} exited {proc.returncode}:\n{proc.stderr}")
-    if variant == "pool-script":
+    if variant in ("pool-script", "pool-floor"):
         pi = float(proc.stdout.split("~")[1])
         assert 3.0 < pi < 3.3, proc.stdout
     elif variant == "asyncjobs-dry-run":
@@ -170,6 +178,9 @@ def parent(args: argparse.Namespace) -> None:
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
     print(f"\nasyncjobs run / Pool script wall time = {ratio:.3f} (median of the rounds' "
           f"ratios; {low:.3f}-{high:.3f}); target <= {TARGET_RATIO}: {verdict}")
+    ratio, low, high = _harness.paired_ratio(runs["pool-floor"], runs["pool-script"])
+    print(f"floor: the Pool script after importing PyYAML, asyncio and uvloop and parsing "
+          f"the file / Pool script = {ratio:.3f} ({low:.3f}-{high:.3f})")
     print_breakdown(runs)
 
 
