@@ -156,9 +156,11 @@ def parent(args: argparse.Namespace) -> None:
     for ours, theirs in COMPARISONS:
         ratio, low, high = _harness.paired_ratio(runs[ours], runs[theirs])
         # paired_ratio gives first/second wall time: ours / theirs here
-        verdict = "met" if ratio <= TARGET else "NOT met"
+        # the issue's target is the map's; the whole commands add each side's start-up
+        verdict = (f"target <= {TARGET:.2f}: {'met' if ratio <= TARGET else 'NOT met'}"
+                   if ours == "asyncjobs-map" else "whole commands, start-up included")
         print(f"{ours} / {theirs} wall time = {ratio:.3f} (median of the rounds' ratios; "
-              f"{low:.3f}-{high:.3f}); target <= {TARGET:.2f}: {verdict}")
+              f"{low:.3f}-{high:.3f}); {verdict}")
 
 
 def main() -> None:
