@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 import asyncjobs
 from asyncjobs.model import JobStatus
 
 from ..conftest import write_flow
+from ..httpserve import serving
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -47,15 +47,9 @@ async def api() -> AsyncIterator[Api]:
             return web.Response(status=500, text="no x")
         return web.json_response({"key": key})
 
-    app = web.Application()
-    app.router.add_route("*", "/items/{key}", item)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    state.url = f"http://127.0.0.1:{server.port}/items"
-    try:
+    async with serving("/items/{key}", item) as base:
+        state.url = f"{base}/items"
         yield state
-    finally:
-        await server.close()
 
 
 def flow(tmp_path: Path, api: Api) -> Path:
@@ -140,30 +134,23 @@ async def test_a_call_that_fails_in_a_chunk_is_retried_alone_as_its_own_retry(
             return web.Response(status=404)
         return web.json_response({"key": key})
 
-    app = web.Application()
-    app.router.add_route("*", "/items/{key}", item)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    url = f"http://127.0.0.1:{server.port}/items"
     keys = [f"ok{i}" for i in range(40)] + ["flaky1", "flaky2", "later", "gone"]
-    path = write_flow(tmp_path, f"""
-        limits: {{api: 32}}
-        jobs:
-          get:
-            foreach: {keys}
-            limit: api
-            retries: 2
-            backoff: 0.1
-            http: {{url: "{url}/{{{{ item }}}}"}}
-    """)
-    try:
+    async with serving("/items/{key}", item) as base:
+        path = write_flow(tmp_path, f"""
+            limits: {{api: 32}}
+            jobs:
+              get:
+                foreach: {keys}
+                limit: api
+                retries: 2
+                backoff: 0.1
+                http: {{url: "{base}/items/{{{{ item }}}}"}}
+        """)
         async with asyncjobs.Runner(loops=2) as runner:
             report = await runner.run_flow(path)
             local = runner._local
             assert local is not None and local.server.state is not None
             jobs_sent = local.server.state.counts["submitted"]
-    finally:
-        await server.close()
     assert jobs_sent < 30  # chunks, then the retries alone
     attempts = {keys[int(r.id[4:-1])]: (r.status, r.attempts) for r in report.records}
     assert attempts["ok7"] == (JobStatus.SUCCEEDED, 1)
