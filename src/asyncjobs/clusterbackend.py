@@ -54,6 +54,7 @@ from .protocol import (
     Attach,
     Cancel,
     ClusterInfo,
+    ConnectionNotOpen,
     DeclareLimits,
     Error,
     FlowStatus,
@@ -529,6 +530,8 @@ class ClusterBackend:
             msg = todo.popleft()
             try:
                 await self.link.send_many((msg,))
+            except ConnectionNotOpen:
+                raise  # the link ended under us: not this message's fault; relink
             except LocalProtocolError as exc:
                 todo.extendleft(reversed(self._mend(msg, exc)))
 

@@ -6,6 +6,7 @@ import pytest
 
 from asyncjobs.protocol import (
     NEED_DATA,
+    ConnectionNotOpen,
     Error,
     Goodbye,
     Heartbeat,
@@ -68,6 +69,16 @@ def test_a_frame_from_another_session_is_refused() -> None:
     other = ConnectionPair.open(Role.NODE, nonces=(5, 6))
     stolen = other.peer.send(Heartbeat(0))
     _refused(ConnectionPair.open(Role.NODE), stolen, "integrity check")
+
+
+def test_sending_after_the_peer_ended_its_stream_is_refused_as_not_open() -> None:
+    pair = ConnectionPair.open(Role.CLIENT)
+    pair.peer.receive_data(b"")
+    pair.peer.next_event()
+    # not the message's fault: a client sends it again on its next connection
+    with pytest.raises(ConnectionNotOpen, match="cannot send Heartbeat in state CLOSED"):
+        pair.peer.send(Heartbeat(1))
+    assert issubclass(ConnectionNotOpen, LocalProtocolError)
 
 
 def test_goodbye_is_a_half_close() -> None:

@@ -11,6 +11,7 @@ from .connection import NEED_DATA as NEED_DATA
 from .connection import Connection as Connection
 from .connection import Event as Event
 from .errors import AuthenticationFailed as AuthenticationFailed
+from .errors import ConnectionNotOpen as ConnectionNotOpen
 from .errors import FrameTooLarge as FrameTooLarge
 from .errors import LocalProtocolError as LocalProtocolError
 from .errors import ProtocolError as ProtocolError
@@ -67,6 +68,7 @@ __all__ = (
     "Event",
     "FlowStatus",
     "FlowSubmit",
+    "ConnectionNotOpen",
     "FrameTooLarge",
     "Goodbye",
     "Heartbeat",

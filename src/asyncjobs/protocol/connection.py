@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 from .errors import (
     AuthenticationFailed,
+    ConnectionNotOpen,
     FrameTooLarge,
     LocalProtocolError,
     RemoteProtocolError,
@@ -323,7 +324,7 @@ class Connection:
                 why = "the connection failed: only an Error may still be sent"
             else:
                 why = "nothing may follow our Goodbye, or the end of the stream"
-            raise LocalProtocolError(f"cannot send {name} in state {state.name}: {why}")
+            raise ConnectionNotOpen(f"cannot send {name} in state {state.name}: {why}")
         assert self._their_hello is not None
         check_direction(type(msg), self.role, self._their_hello.role)
         payload = encode(msg)

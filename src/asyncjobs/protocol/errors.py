@@ -22,6 +22,13 @@ class LocalProtocolError(ProtocolError, RuntimeError):
     was sent and the connection is as it was; the caller has a bug to fix."""
 
 
+class ConnectionNotOpen(LocalProtocolError):
+    """Nothing may be sent in the connection's state: its handshake is not done, it
+    failed, or it ended (our ``Goodbye``, or the peer's end of the stream, which a
+    reader may see while a sender still holds messages). Not the message's fault:
+    whatever was refused may go again on the next connection."""
+
+
 class RemoteProtocolError(ProtocolError):
     """The peer sent something invalid. The connection is now in ``State.ERROR``: close
     the stream (after writing ``data_to_send()``, so the peer learns what it can)."""
