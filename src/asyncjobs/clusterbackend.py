@@ -54,7 +54,6 @@ from .protocol import (
     Attach,
     Cancel,
     ClusterInfo,
-    ConnectionNotOpen,
     DeclareLimits,
     Error,
     FlowStatus,
@@ -530,8 +529,6 @@ class ClusterBackend:
             msg = todo.popleft()
             try:
                 await self.link.send_many((msg,))
-            except ConnectionNotOpen:
-                raise  # the link ended under us: not this message's fault; relink
             except LocalProtocolError as exc:
                 todo.extendleft(reversed(self._mend(msg, exc)))
 

@@ -37,6 +37,7 @@ from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     NEED_DATA,
     Connection,
+    ConnectionNotOpen,
     Error,
     Goodbye,
     Hello,
@@ -136,7 +137,7 @@ class Link:
         :raises LocalProtocolError: a message may not be sent; those before it are
             queued, it and those after it are not
         :raises anyio.ClosedResourceError: we closed the link
-        :raises anyio.BrokenResourceError: the link broke
+        :raises anyio.BrokenResourceError: the link broke, or the peer ended it
         """
         for msg in msgs:
             self._check_can_send()
@@ -146,7 +147,13 @@ class Link:
                 else:  # nobody is writing: our own batch filled the queue, so write it
                     await self._flush()
                 self._check_can_send()
-            data = self._conn.send(msg)
+            try:
+                data = self._conn.send(msg)
+            except ConnectionNotOpen as exc:
+                # the reader saw the peer end the stream while this sender held messages:
+                # the link is lost, not the message wrong (it may go on the next link)
+                raise anyio.BrokenResourceError(
+                    f"the link with {self.address} has ended: {exc}") from exc
             self._queue.append(data)
             self._queued_bytes += len(data)
         if not self._flushing and self._queue:

@@ -50,7 +50,6 @@ from asyncjobs.protocol.handshake import Role
 from asyncjobs.transport import Link, connect, serve
 from tests import cluster_jobs
 from tests.cluster_jobs import append_line
-from tests.protocol.helpers import ConnectionPair
 
 from .harness import Coordinator, Node, daemon_env, wait_for_nodes
 
@@ -215,51 +214,6 @@ async def test_relinking_attaches_first_retries_session_busy_and_sends_the_rest_
         await backend.aclose(cancel=False)
     assert [(d.job_id, d.result) for d in ended] == [("j1", 4)]
     assert links[2].kinds()[-1] is Goodbye
-
-
-class EndedUnderTheSender(FakeLink):
-    """A link whose coordinator went away between the reader's last read and the
-    sender's next write: the sender's ``Submit`` meets the real protocol's refusal of a
-    connection that saw the end of its stream, and then the reader sees that end."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        pair = ConnectionPair.open(Role.CLIENT)
-        pair.peer.receive_data(b"")  # the peer's end of the stream
-        pair.peer.next_event()
-        self.conn = pair.peer
-
-    async def send_many(self, msgs: Iterable[Message]) -> None:
-        msgs = list(msgs)
-        if any(isinstance(m, Submit) for m in msgs):
-            self.cut()
-            self.conn.send(*msgs)  # raises ConnectionNotOpen, as the Link would
-        await super().send_many(msgs)
-
-
-async def test_a_submit_refused_because_the_link_just_ended_is_sent_again_not_failed(
-        ) -> None:
-    first, second = EndedUnderTheSender(), FakeLink()
-
-    async def reconnect() -> FakeLink:
-        return second
-
-    ended: list[JobFinished] = []
-    backend = ClusterBackend(first, session="s-6", reconnect=reconnect, reconnect_s=10)
-    await backend.attach(timeout_s=5)
-    backend.start()
-    backend.submit(Entry("j1", JobKind.CPU, ended.append,
-                         call=Call(cluster_jobs.square, (3,), {}, None)))
-    with anyio.fail_after(10):
-        while Submit not in second.kinds():  # noqa: ASYNC110 - bounded by fail_after
-            await anyio.sleep(0.01)
-    assert ended == [] and backend.lost is None and backend.reconnects == 1
-    again = next(m for m in second.sent if isinstance(m, Submit))
-    assert [j.job_id for j in again.jobs] == ["j1"]
-    second._inbox.put_nowait(Outcome((JobOutcome("j1", JobStatus.SUCCEEDED, 9, attempts=1),)))
-    with anyio.fail_after(5):
-        await backend.aclose(cancel=False)
-    assert [(d.job_id, d.status, d.result) for d in ended] == [("j1", JobStatus.SUCCEEDED, 9)]
 
 
 async def test_a_silent_coordinator_is_left_without_goodbye_and_the_session_named_again(

@@ -93,6 +93,10 @@ async def check_the_peer_ending_gives_end_of_stream(t: Transport) -> None:
             async for msg in server:
                 got.append(msg)
         assert [type(m).__name__ for m in got] == ["Goodbye"]
+        # the peer's end is a lost link to a sender, not a fault of its message (a client
+        # then sends its jobs again on the next link instead of failing them)
+        with pytest.raises(anyio.BrokenResourceError, match="has ended"):
+            await server.send(Heartbeat(seq=3))
         with pytest.raises(anyio.ClosedResourceError):
             await client.send(Heartbeat(seq=2))
         with pytest.raises(anyio.ClosedResourceError):
