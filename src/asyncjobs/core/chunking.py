@@ -1,5 +1,6 @@
-"""How many small CPU calls go to a worker as one job, for ``Runner.map`` and for a flow's
-``foreach`` items alike. Pure: the sizes follow from what workers measured.
+"""How many small calls go as one job, for ``Runner.map`` and for a flow's ``foreach``
+items alike. Pure: cpu sizes follow from what workers measured, io sizes from the
+cluster's loops and the job's limit.
 
 Rules:
 
@@ -10,6 +11,10 @@ Rules:
    of work, at most ``MAX_CHUNK`` items.
 3. When the number of items is known, a chunk never exceeds a quarter of each worker's
    share, so the last chunks still spread over every worker.
+4. Io calls go in chunks only where each job crosses processes (a cluster's loops): a
+   chunk runs its calls at once on one loop, so ``IO_CHUNKS_PER_LOOP`` chunks per loop
+   must fit in the limit, the loops' io slots and the calls there are; at most
+   ``MAX_IO_CHUNK`` calls (``io_chunk_size``).
 """
 
 from __future__ import annotations
