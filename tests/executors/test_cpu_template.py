@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 from typing import TYPE_CHECKING
 
+import anyio
 import psutil
 import pytest
 
@@ -143,6 +144,22 @@ async def test_workers_die_with_their_template_and_the_pool_starts_another(
         new = await runner.submit(cpujobs.parent)
         assert new == pool.template_pid() and new != template
     assert "template process" in caplog.text and "starting a new one" in caplog.text
+
+
+async def test_a_job_submitted_as_the_template_dies_runs_on_a_new_worker() -> None:
+    # the pool hears its template's end before its workers' ends: no job may go to them
+    for _ in range(5):
+        async with Runner(cpu_workers=2, prestart=True) as runner:
+            pool = pool_of(runner)
+            assert await runner.submit(cpujobs.parent) == pool.template_pid()
+            template = pool.template_pid()
+            assert template is not None
+            psutil.Process(template).kill()
+            with anyio.fail_after(10):
+                while pool.template_pid() == template:  # noqa: ASYNC110 - bounded
+                    await asyncio.sleep(0)
+            new = await runner.submit(cpujobs.parent)  # not WorkerCrashed
+            assert new == pool.template_pid() != template
 
 
 async def test_without_a_template_workers_start_as_fresh_interpreters(

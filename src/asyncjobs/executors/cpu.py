@@ -456,6 +456,7 @@ class CpuPool:
         if worker.eof:
             self._finish(worker)
         else:
+            self._retire(worker)
             worker.chan.drain()  # it has exited: everything it sent is there, then EOF
 
     def template_gone(self, template: Template) -> None:
@@ -470,6 +471,7 @@ class CpuPool:
                 if worker.eof:
                     self._finish(worker)
                 else:
+                    self._retire(worker)
                     worker.chan.drain()
         if template is self._template:
             self._template = None
@@ -610,6 +612,13 @@ class CpuPool:
                 os.kill(worker.pid, signal.SIGKILL)
 
     # -- workers that end -----------------------------------------------------------------
+
+    def _retire(self, worker: _Worker) -> None:
+        """A worker known to be dead before its socket's EOF gets no new job: one sent
+        now would fail with it (a job submitted just after its template was killed did).
+        What it holds is settled at its EOF, as for any worker."""
+        if worker in self._live:
+            self._live.remove(worker)
 
     def _on_eof(self, worker: _Worker) -> None:
         """The worker's socket closed: it has exited (or is exiting), and every answer it
